@@ -72,7 +72,7 @@ def validate_arrays(name: str, x: np.ndarray, y: np.ndarray, task: str, n_classe
             out = (y < 0) | (y >= n_classes)
             if out.any():
                 raise DataError(f"dataset {name!r} ({part}): {int(out.sum())} of {len(y)} labels are outside "
-                                f"[0, {n_classes}) (e.g. {y[out][0]!r}); labels must be 0..K-1")
+                                f"[0, {n_classes}) (e.g. {y[out][0]}); labels must be 0..K-1")
     else:
         raise DataError(f"dataset {name!r}: task must be 'regression' or 'classification', got {task!r}")
 
@@ -87,16 +87,18 @@ def make_regression(name: str, x_tr, y_tr, x_te, y_te, info: dict | None = None,
     validate_arrays(name, x_te, y_te, "regression", part="test")
     if x_tr.shape[1] != x_te.shape[1]:
         raise DataError(f"dataset {name!r}: train has {x_tr.shape[1]} features, test {x_te.shape[1]}")
+    info = dict(info or {})
     if standardize_x:
         mx, sx = x_tr.mean(0), x_tr.std(0)
         sx = np.where(sx > 0, sx, 1.0)
         x_tr, x_te = (x_tr - mx) / sx, (x_te - mx) / sx
+        info["x_transform"] = {"mean": mx, "std": sx}  # raw features -> model inputs (used by predict)
     my, sy = y_tr.mean(0), y_tr.std(0)
     sy = np.where(sy > 0, sy, 1.0)
     spec = DataSpec(task="regression", n_features=x_tr.shape[1], n_outputs=y_tr.shape[1], n_train=len(x_tr))
     return Dataset(name=name, x_train=x_tr.astype(np.float32), y_train=((y_tr - my) / sy).astype(np.float32),
                    x_test=x_te.astype(np.float32), y_test=((y_te - my) / sy).astype(np.float32), spec=spec,
-                   y_mean=my.astype(np.float32), y_std=sy.astype(np.float32), info=dict(info or {}))
+                   y_mean=my.astype(np.float32), y_std=sy.astype(np.float32), info=info)
 
 
 def make_classification(name: str, x_tr, y_tr, x_te, y_te, n_classes: int | None = None,

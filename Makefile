@@ -1,0 +1,31 @@
+# Quick start: `make demo` then `make test`. PYTHON is the active interpreter (use a venv if you like:
+# `python -m venv .venv && . .venv/bin/activate` first).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test test-slow lint bench fashion-data clean
+
+install:
+	$(PIP) install -q -e '.[dev]'
+
+demo: install
+	$(PYTHON) scripts/demo.py
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-slow: install
+	$(PYTHON) -m pytest -q -m slow
+
+lint: install
+	$(PYTHON) -m ruff check emtdamp tests scripts
+
+bench: install
+	$(PYTHON) scripts/bench_tdamp.py
+
+# Full Fashion-MNIST (70,000 IDX images) from Debian's package, for configs/*fashion_mnist*.yaml.
+fashion-data:
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

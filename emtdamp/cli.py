@@ -1,0 +1,185 @@
+"""The ``emtdamp`` command line: train, sweep, list, predict.
+
+    emtdamp train CONFIG [key.path=value ...]
+    emtdamp sweep CONFIG [key.path=value ...] [--out DIR]
+    emtdamp list
+    emtdamp predict RUN_DIR DATA --out preds.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+
+from emtdamp import config as cfgmod
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _print_table(rows: list[dict], cols: list[str]) -> None:
+    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    width = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, width, strict=True)))
+    print("  ".join("-" * w for w in width))
+    for x in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(x, width, strict=True)))
+
+
+def summary_row(summary: dict, label: str | None = None) -> dict:
+    """A flat table row from a summary.json dict."""
+    row = {"run": label or summary["method"], "method": summary["method"], "dataset": summary["dataset"],
+           "seed": summary["seed"], "epochs": summary["epochs"]}
+    row.update({f"test_{k}": v for k, v in summary["test"].items()})
+    row.update({"neurons_pruned": summary["sparsity"]["neurons_pruned_frac"],
+                "weights_zero": summary["sparsity"]["weights_zero_frac"],
+                "params": summary["sparsity"]["params_remaining"],
+                "seconds": summary["time"]["total_s"], "s_per_epoch": summary["time"]["per_epoch_s"]})
+    return row
+
+
+def cmd_train(args) -> int:
+    from emtdamp.runs import run_config
+
+    cfg = cfgmod.load_config(args.config, args.overrides)
+    if cfg.sweep is not None:
+        print(f"note: {args.config} has a sweep block; `emtdamp train` runs the base config only "
+              "(use `emtdamp sweep` for the grid)", file=sys.stderr)
+    run_dir, summary, _ = run_config(cfg)
+    row = summary_row(summary)
+    cols = [c for c in row if c not in ("run", "dataset", "seed")]
+    _print_table([row], cols)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from emtdamp.runs import run_config
+
+    raw = cfgmod.apply_overrides(cfgmod.read_yaml(args.config), args.overrides)
+    name = Path(args.config).stem
+    runs = cfgmod.expand_sweep(raw, name)
+    out = Path(args.out or f"runs/{name}-sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (label, cfg) in enumerate(runs):
+        print(f"[{i + 1}/{len(runs)}] {label}", file=sys.stderr)
+        _, summary, _ = run_config(cfg, out / f"run{i:03d}")
+        rows.append(summary_row(summary, label))
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        with open(out / "sweep.csv", "w", newline="") as f:  # rewritten after each run: partial results survive
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+    cols = [c for c in rows[0] if c not in ("dataset",)]
+    _print_table(rows, cols)
+    print(f"sweep table: {out / 'sweep.csv'}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from emtdamp.data import dataset_names, loader_options
+    from emtdamp.methods import get_method, method_names
+
+    print("datasets:")
+    for n in dataset_names():
+        opts = ", ".join(f"{k}={p.default!r}" for k, p in loader_options(n).items())
+        print(f"  {n:18s} options: {opts}")
+    print("methods:")
+    for n in method_names():
+        m = get_method(n)
+        print(f"  {n:18s} {m.description}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from emtdamp.data import load
+    from emtdamp.methods import get_method
+    from emtdamp.runs import load_checkpoint
+    from emtdamp.train import predict_in_chunks
+
+    run_dir = Path(args.run_dir)
+    for f in ("config.yaml", "checkpoint.npz"):
+        if not (run_dir / f).exists():
+            raise FileNotFoundError(f"{run_dir / f} not found: is {run_dir} a run folder written by `emtdamp train`?")
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = cfgmod.from_dict(raw, run_dir.name)
+    train_data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
+    method = get_method(cfg.method.name)
+    with jax.enable_x64(cfg.train.dtype == "float64"):
+        like = method.init(jax.random.PRNGKey(cfg.train.seed), cfg.model.spec(), train_data.spec, cfg.method.hparams)
+        state = load_checkpoint(run_dir / "checkpoint.npz", like)
+        if args.data.endswith(".npz"):
+            with np.load(args.data) as f:
+                if "x" not in f:
+                    raise KeyError(f"{args.data} must hold an array named 'x' (rows, features)")
+                x = np.asarray(f["x"], np.float32)
+            if x.ndim != 2 or x.shape[1] != train_data.spec.n_features:
+                raise ValueError(f"{args.data}: x has shape {x.shape}; the model expects (n, "
+                                 f"{train_data.spec.n_features}) in the training data's raw units")
+            if not np.isfinite(x).all():
+                raise ValueError(f"{args.data}: {int((~np.isfinite(x)).any(1).sum())} rows of x hold NaN/inf")
+            x = _standardize_like(train_data, cfg, x)
+        else:
+            x = load(args.data, seed=cfg.data.seed).x_test
+        pred = predict_in_chunks(method, state, x)
+    out = {}
+    if pred.probs is not None:
+        out["probs"] = pred.probs
+    else:
+        out["mean"] = pred.mean * train_data.y_std + train_data.y_mean
+        out["var"] = pred.var * train_data.y_std**2
+    np.savez(args.out, **out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in out.items()))
+    return 0
+
+
+def _standardize_like(data, cfg, x: np.ndarray) -> np.ndarray:
+    """Apply the training data's feature transform to raw inputs (stored in ``info`` by loaders)."""
+    tf = data.info.get("x_transform")
+    if tf is None:
+        return x
+    return ((x - tf["mean"]) / tf["std"]).astype(np.float32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emtdamp", description="Sparse Bayesian deep learning in JAX.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one config and write a run folder")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.epochs=20")
+    t.set_defaults(fn=cmd_train)
+    s = sub.add_parser("sweep", help="expand a config's sweep block and run every combination")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--out", default=None, help="folder for the runs and sweep.csv")
+    s.set_defaults(fn=cmd_sweep)
+    sub.add_parser("list", help="list datasets and methods").set_defaults(fn=cmd_list)
+    r = sub.add_parser("predict", help="predict with a trained run's checkpoint")
+    r.add_argument("run_dir")
+    r.add_argument("data", help="an .npz with an array `x` (raw units) or a dataset name (its test split)")
+    r.add_argument("--out", required=True)
+    r.set_defaults(fn=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (cfgmod.ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"emtdamp {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

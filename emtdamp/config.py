@@ -1,0 +1,333 @@
+"""Experiment configs: YAML -> frozen, typed, validated dataclasses.
+
+A config has the blocks ``data``, ``model``, ``method``, ``train``, ``output`` and an optional
+``sweep``. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
+key path and what is allowed. ``key.path=value`` overrides (values parsed as YAML) are applied
+before validation, so they get the same checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import itertools
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emtdamp.methods.base import ModelSpec
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key path, the problem and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    name: str = "boston"
+    seed: int = 0
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = (64,)
+    activation: str = "relu"
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(hidden=tuple(self.hidden), activation=self.activation)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    name: str
+    hparams: Any  # an instance of the method's hparams_cls
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 32
+    seed: int = 0
+    dtype: str = "float32"
+    eval_every: int = 1
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    dir: str | None = None
+    checkpoint: bool = True
+    plots: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    grid: dict = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    data: DataConfig
+    model: ModelConfig
+    method: MethodConfig
+    train: TrainConfig
+    output: OutputConfig
+    sweep: SweepConfig | None = None
+
+
+# Bounds of the generic blocks (method hparams carry their own in field metadata).
+_RANGES = {
+    "train.epochs": (1, 10_000_000), "train.batch_size": (1, 10_000_000), "train.seed": (0, 2**31 - 1),
+    "train.eval_every": (1, 10_000_000), "data.seed": (0, 2**31 - 1),
+}
+_CHOICES = {"train.dtype": ("float32", "float64"), "model.activation": ("relu", "tanh", "gelu", "sigmoid")}
+_BLOCKS = ("data", "model", "method", "train", "output", "sweep")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if tp is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list of {_type_name(args[0])}, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {tp!r}")
+
+
+def _check_bounds(value: Any, path: str, rng: tuple | None, choices: tuple | None) -> None:
+    vals = value if isinstance(value, tuple) else (value,)
+    for v in vals:
+        if rng is not None and v is not None and not (rng[0] <= v <= rng[1]):
+            raise ConfigError(f"{path}: {v!r} is out of range; allowed [{rng[0]}, {rng[1]}]")
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{path}: {v!r} is not allowed; choose one of {list(choices)}")
+
+
+def build_dataclass(cls: type, raw: dict | None, path: str, ranges: dict | None = None,
+                    choices: dict | None = None) -> Any:
+    """Build frozen dataclass ``cls`` from ``raw``, rejecting unknown keys, wrong types, bad values.
+
+    Field bounds come from ``field.metadata["range"|"choices"]`` or from the ``ranges``/``choices``
+    dicts keyed by the full path.
+    """
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{path}.{name}" if path else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: required key is missing")
+            continue
+        value = _coerce(raw[name], hints[name], key)
+        rng = f.metadata.get("range") or (ranges or {}).get(key)
+        ch = f.metadata.get("choices") or (choices or {}).get(key)
+        _check_bounds(value, key, rng, ch)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_data_options(data: DataConfig) -> None:
+    from emtdamp.data.registry import dataset_names, loader_options
+
+    if data.name not in dataset_names():
+        raise ConfigError(f"data.name: unknown dataset {data.name!r}; available: {dataset_names()}")
+    allowed = loader_options(data.name)
+    for k, v in data.options.items():
+        if k not in allowed:
+            raise ConfigError(f"data.options.{k}: unknown option for dataset {data.name!r}; "
+                              f"allowed: {sorted(allowed)}")
+        default = allowed[k].default
+        if default is not inspect.Parameter.empty and default is not None and v is not None:
+            tp = type(default)
+            if tp is float and isinstance(v, int) and not isinstance(v, bool):
+                continue
+            if not isinstance(v, tp) or (tp is int and isinstance(v, bool)):
+                raise ConfigError(f"data.options.{k}: expected {tp.__name__} (like the default {default!r}), "
+                                  f"got {v!r}")
+
+
+def _build_method(raw: dict | None) -> MethodConfig:
+    from emtdamp.methods import get_method, method_names
+
+    raw = dict(raw or {})
+    name = raw.pop("name", None)
+    if name is None:
+        raise ConfigError(f"method.name: required; choose one of {method_names()}")
+    if not isinstance(name, str) or name not in method_names():
+        raise ConfigError(f"method.name: unknown method {name!r}; choose one of {method_names()}")
+    method = get_method(name)
+    return MethodConfig(name=name, hparams=build_dataclass(method.hparams_cls, raw, "method"))
+
+
+def from_dict(raw: dict, name: str = "config") -> Config:
+    """Validate a raw config mapping (as read from YAML, overrides applied) into a :class:`Config`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping with blocks {list(_BLOCKS)}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_BLOCKS))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; allowed blocks: {list(_BLOCKS)}")
+    data = build_dataclass(DataConfig, raw.get("data"), "data", _RANGES, _CHOICES)
+    _check_data_options(data)
+    model = build_dataclass(ModelConfig, raw.get("model"), "model", _RANGES, _CHOICES)
+    if any(h < 1 for h in model.hidden):
+        raise ConfigError(f"model.hidden: widths must be >= 1, got {list(model.hidden)}")
+    method = _build_method(raw.get("method"))
+    train = build_dataclass(TrainConfig, raw.get("train"), "train", _RANGES, _CHOICES)
+    output = build_dataclass(OutputConfig, raw.get("output"), "output")
+    sweep = None
+    if raw.get("sweep") is not None:
+        sweep = build_dataclass(SweepConfig, raw["sweep"], "sweep")
+        for k, vals in sweep.grid.items():
+            if not isinstance(vals, list) or not vals:
+                raise ConfigError(f"sweep.grid.{k}: expected a non-empty list of values, got {vals!r}")
+            if k.split(".")[0] not in _BLOCKS[:-1]:
+                raise ConfigError(f"sweep.grid.{k}: key paths start with one of {list(_BLOCKS[:-1])}")
+    return Config(name=name, data=data, model=model, method=method, train=train, output=output, sweep=sweep)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> (["a", "b", "c"], value parsed as YAML, e.g. ``[64,64]`` -> list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. train.epochs=20")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: malformed key path {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    return key.split("."), parsed
+
+
+def set_path(raw: dict, path: list[str], value: Any) -> dict:
+    """Return a deep copy of ``raw`` with ``raw[p0][p1]...= value`` (creating mappings as needed)."""
+    out = copy.deepcopy(raw)
+    node = out
+    for i, p in enumerate(path[:-1]):
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a mapping")
+        node = node[p]
+    node[path[-1]] = value
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for o in overrides:
+        path, value = parse_override(o)
+        raw = set_path(raw, path, value)
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    return raw or {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read ``path``, apply ``key.path=value`` overrides, validate."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return from_dict(raw, name=Path(path).stem)
+
+
+def to_dict(cfg: Config) -> dict:
+    """The resolved config as plain YAML-able data (method hparams flattened into ``method``)."""
+    def plain(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, (tuple, list)):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    out = {"data": plain(cfg.data), "model": plain(cfg.model),
+           "method": {"name": cfg.method.name, **plain(cfg.method.hparams)},
+           "train": plain(cfg.train), "output": plain(cfg.output)}
+    if cfg.sweep is not None:
+        out["sweep"] = plain(cfg.sweep)
+    return out
+
+
+def expand_sweep(raw: dict, name: str = "config") -> list[tuple[str, Config]]:
+    """Expand a raw config's ``sweep:`` block into ``(run_label, Config)`` pairs (grid x seeds).
+
+    Without a sweep block, the single config. Each expanded config has ``sweep`` removed; the label
+    names the varied values, e.g. ``method.name=adam,train.seed=1``.
+    """
+    sweep = raw.get("sweep")
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    if sweep is None:
+        return [(name, from_dict(base, name))]
+    sw = build_dataclass(SweepConfig, sweep, "sweep")
+    from_dict({**base, "sweep": sweep}, name)  # validates the sweep block itself
+    keys = list(sw.grid)
+    combos = list(itertools.product(*(sw.grid[k] for k in keys))) if keys else [()]
+    seeds = list(sw.seeds) or [None]
+    runs = []
+    for combo in combos:
+        for seed in seeds:
+            r = base
+            label = []
+            for k, v in zip(keys, combo, strict=True):
+                r = set_path(r, k.split("."), v)
+                label.append(f"{k}={v}")
+            if seed is not None:
+                r = set_path(r, ["train", "seed"], seed)
+                label.append(f"train.seed={seed}")
+            runs.append((",".join(label) or name, from_dict(r, name)))
+    return runs

@@ -1,0 +1,123 @@
+"""Run folders: one config in, a folder out.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per epoch,
+written as the run goes), ``summary.json``, ``checkpoint.npz`` (the final state's leaves, written
+atomically) and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+
+from emtdamp import config as cfgmod
+from emtdamp.data import load
+from emtdamp.methods import get_method
+from emtdamp.train import TrainResult, train
+
+SUMMARY_KEYS = ("method", "dataset", "seed", "epochs", "test", "sparsity", "time")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same folder + ``os.replace``: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state) -> None:
+    """Save the leaves of ``state`` (any pytree) to ``path`` (.npz), atomically."""
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(path: Path, like):
+    """Restore a state saved by :func:`save_checkpoint` into the structure of ``like``."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    with np.load(path) as f:
+        stored = [f[k] for k in sorted(f.files)]
+    if len(stored) != len(leaves):
+        raise ValueError(f"checkpoint {path} has {len(stored)} arrays but the method's state has {len(leaves)}; "
+                         "was it written by a different method or network?")
+    for i, (a, b) in enumerate(zip(stored, leaves, strict=True)):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"checkpoint {path}: array {i} has shape {np.shape(a)}, the state expects "
+                             f"{np.shape(b)}")
+    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(a) for a in stored])
+
+
+def default_run_dir(cfg: cfgmod.Config) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path("runs") / f"{cfg.name}-{stamp}"
+
+
+def plot_curves(history: list, task: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "rmse" if task == "regression" else "accuracy"
+    ev = [h for h in history if "test" in h]
+    ep = [h["epoch"] for h in ev]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a1.plot(ep, [h["test"][key] for h in ev], marker=".")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel(f"test {key}")
+    a1.grid(alpha=0.3)
+    a2.plot(ep, [h["sparsity"]["neurons_pruned_frac"] for h in ev], label="neurons pruned")
+    a2.plot(ep, [h["sparsity"]["weights_zero_frac"] for h in ev], label="weights zero")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("fraction")
+    a2.set_ylim(-0.02, 1.02)
+    a2.legend()
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: bool | None = None
+               ) -> tuple[Path, dict, TrainResult]:
+    """Train ``cfg`` and write its run folder; returns (folder, summary, result)."""
+    run_dir = Path(run_dir or cfg.output.dir or default_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False))
+    data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
+    method = get_method(cfg.method.name)
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.write_text("")
+
+    def on_epoch(record):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    res = train(method, cfg.method.hparams, cfg.model.spec(), data, epochs=cfg.train.epochs,
+                batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
+                eval_every=cfg.train.eval_every,
+                progress=cfg.train.progress if progress is None else progress, on_epoch=on_epoch)
+    summary = {"method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
+               "epochs": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity, "time": res.time,
+               "data_seed": cfg.data.seed, "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
+               "layer_sizes": list(cfg.model.spec().layer_sizes(data.spec))}
+    _atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    if cfg.output.checkpoint:
+        save_checkpoint(run_dir / "checkpoint.npz", res.state)
+    if cfg.output.plots:
+        plot_curves(res.history, data.spec.task, run_dir / "curves.png")
+    return run_dir, summary, res

@@ -1,0 +1,161 @@
+"""The one training loop every method shares.
+
+Per epoch the whole pass over the (shuffled, padded) training set is *one* jitted call: the
+minibatch indices are drawn on device from the epoch key and ``lax.scan`` runs ``method.step`` over
+them. The last minibatch is padded to the batch size with weight-0 rows (no row is dropped, nothing
+recompiles). ``method.end_epoch`` runs after each epoch; the test set is evaluated every
+``eval_every`` epochs and at the last one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emtdamp.data.base import Dataset
+from emtdamp.methods.base import Batch, Method, ModelSpec, Predictive
+from emtdamp.metrics import classification_metrics, regression_metrics
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Final state, per-epoch history (list of dicts), the final test metrics and timings."""
+
+    state: object
+    history: list
+    test: dict
+    sparsity: dict
+    time: dict
+
+
+def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Shuffled row indices ``(n_batches, B)`` and row weights ``(n_batches, B)`` (0 = padding).
+
+    ``n_batches = ceil(n / B)``; padding slots point at row 0 with weight 0.
+    """
+    n_batches = math.ceil(n / batch_size)
+    perm = jax.random.permutation(key, n)
+    pad = n_batches * batch_size - n
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, batch_size)
+    w = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))]).reshape(n_batches, batch_size)
+    return idx, w
+
+
+def make_epoch_fn(method: Method, batch_size: int) -> Callable:
+    """``epoch(state, key, x, y) -> (state, mean_loss)``: one jitted, scanned pass over the data."""
+
+    def epoch(state, key, x, y):
+        idx, w = epoch_batches(key, x.shape[0], batch_size)
+
+        def body(st, iw):
+            i, wb = iw
+            st, m = method.step(st, Batch(x=x[i], y=y[i], w=wb.astype(x.dtype)))
+            return st, (m["loss"], wb.sum())
+
+        state, (losses, counts) = jax.lax.scan(body, state, (idx, w))
+        return state, jnp.sum(losses * counts) / jnp.sum(counts)
+
+    return jax.jit(epoch, donate_argnums=(0,))
+
+
+def predict_in_chunks(method: Method, state, x: np.ndarray, chunk: int = 2048) -> Predictive:
+    """``method.predict`` on ``x`` in chunks of ``chunk`` rows (bounded memory), concatenated."""
+    pred_fn = jax.jit(method.predict)
+    parts = [pred_fn(state, jnp.asarray(x[i: i + chunk])) for i in range(0, len(x), chunk)]
+    cat = lambda f: None if getattr(parts[0], f) is None else np.concatenate([np.asarray(getattr(p, f))
+                                                                               for p in parts])
+    return Predictive(mean=cat("mean"), var=cat("var"), probs=cat("probs"))
+
+
+def evaluate(method: Method, state, data: Dataset) -> dict:
+    """Test metrics of ``state`` on ``data``'s test split (original units)."""
+    pred = predict_in_chunks(method, state, data.x_test)
+    if data.spec.task == "regression":
+        return regression_metrics(pred, data.y_test, data.y_mean, data.y_std)
+    return classification_metrics(pred, data.y_test)
+
+
+def default_sparsity(method: Method, state) -> dict:
+    """``method.sparsity(state)`` as plain floats, or the dense defaults."""
+    if method.sparsity is None:
+        n = int(sum(x.size for x in jax.tree_util.tree_leaves(state) if hasattr(x, "size")))
+        return {"neurons_pruned_frac": 0.0, "weights_zero_frac": 0.0, "params_remaining": n}
+    out = {}
+    for k, v in method.sparsity(state).items():
+        out[k] = int(v) if k == "params_remaining" else (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
+    return out
+
+
+def check_finite(state, epoch: int) -> None:
+    """Raise FloatingPointError naming the leaves holding NaN/inf (instead of training on garbage)."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    bad = [jax.tree_util.keystr(p) for p, x in leaves
+           if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(x)))]
+    if bad:
+        raise FloatingPointError(f"non-finite values in the state after epoch {epoch} in {bad[:5]}; "
+                                 "lower the step size / learning rate or use train.dtype=float64")
+
+
+def train(method: Method, hparams, model: ModelSpec, data: Dataset, *, epochs: int, batch_size: int,
+          seed: int = 0, dtype: str = "float32", eval_every: int = 1, progress: bool = True,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``method`` on ``data`` and evaluate on its test split.
+
+    ``on_epoch(record)`` receives each epoch's record (epoch, wall_s, train_loss, test metrics,
+    sparsity) as it is made: run folders stream it to ``metrics.jsonl``.
+    """
+    ctx = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    with ctx:
+        return _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_every, progress,
+                      on_epoch)
+
+
+def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_every, progress, on_epoch):
+    from tqdm.auto import tqdm
+
+    npdt = np.float64 if dtype == "float64" else np.float32
+    x = jnp.asarray(data.x_train.astype(npdt))
+    y = jnp.asarray(data.y_train.astype(npdt) if data.spec.task == "regression" else data.y_train)
+    bs = min(batch_size, len(data.x_train))
+    key = jax.random.PRNGKey(seed)
+    init_key, loop_key = jax.random.split(key)
+    state = method.init(init_key, model, data.spec, hparams)
+    epoch_fn = make_epoch_fn(method, bs)
+    end_epoch = jax.jit(method.end_epoch) if method.end_epoch is not None else None
+
+    t0 = time.perf_counter()
+    compiled = epoch_fn.lower(state, loop_key, x, y).compile()
+    compile_s = time.perf_counter() - t0
+
+    history, test, epoch_times = [], {}, []
+    bar = tqdm(range(1, epochs + 1), desc=f"{method.name}", unit="epoch", disable=not progress, leave=False,
+               mininterval=0.5)
+    t_start = time.perf_counter()
+    for ep in bar:
+        te = time.perf_counter()
+        state, loss = compiled(state, jax.random.fold_in(loop_key, ep), x, y)
+        if end_epoch is not None:
+            state = end_epoch(state, jnp.asarray(ep))
+        loss = float(loss)
+        epoch_times.append(time.perf_counter() - te)
+        record = {"epoch": ep, "wall_s": time.perf_counter() - t_start, "train_loss": loss}
+        if ep % eval_every == 0 or ep == epochs:
+            check_finite(state, ep)
+            test = evaluate(method, state, data)
+            record.update({"test": test, "sparsity": default_sparsity(method, state)})
+            bar.set_postfix({k: f"{v:.4g}" for k, v in test.items() if k in ("rmse", "accuracy", "nll")},
+                            refresh=False)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    total = time.perf_counter() - t_start
+    return TrainResult(state=state, history=history, test=test, sparsity=default_sparsity(method, state),
+                       time={"total_s": total, "per_epoch_s": float(np.median(epoch_times)),
+                             "compile_s": compile_s})

@@ -1,0 +1,117 @@
+"""The shared training loop, run folders, the summary.json schema and the CLI end to end."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emtdamp import cli
+from emtdamp import config as C
+from emtdamp.data import load
+from emtdamp.methods import Batch, ModelSpec, get_method
+from emtdamp.runs import SUMMARY_KEYS, load_checkpoint, run_config, save_checkpoint
+from emtdamp.train import epoch_batches, train
+
+
+def test_epoch_batches_cover_each_row_once_with_padding():
+    idx, w = epoch_batches(jax.random.PRNGKey(0), 103, 25)
+    assert idx.shape == (5, 25) and float(w.sum()) == 103
+    real = np.asarray(idx)[np.asarray(w) > 0]
+    assert sorted(real.tolist()) == list(range(103))
+
+
+def test_padding_rows_change_nothing():
+    """A step on a batch with extra weight-0 rows equals the step on the real rows alone."""
+    data = load("boston")
+    m = get_method("adam")
+    hp = m.hparams_cls()
+    st = m.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec, hp)
+    x, y = jnp.asarray(data.x_train[:10]), jnp.asarray(data.y_train[:10])
+    a, _ = m.step(st, Batch(x, y, jnp.ones(10)))
+    xp = jnp.concatenate([x, 100 * jnp.ones((6, 13))])
+    yp = jnp.concatenate([y, 50 * jnp.ones((6, 1))])
+    b, _ = m.step(st, Batch(xp, yp, jnp.r_[jnp.ones(10), jnp.zeros(6)]))
+    for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+
+
+def test_train_is_reproducible_from_the_seed():
+    data = load("boston")
+    m = get_method("sgd")
+    r1 = train(m, m.hparams_cls(learning_rate=0.01), ModelSpec((8,)), data, epochs=3, batch_size=32, seed=5,
+               progress=False)
+    r2 = train(m, m.hparams_cls(learning_rate=0.01), ModelSpec((8,)), data, epochs=3, batch_size=32, seed=5,
+               progress=False)
+    assert r1.test == r2.test and len(r1.history) == 3
+
+
+def test_run_folder_and_summary_schema(tmp_path):
+    cfg = C.from_dict({"data": {"name": "mnist5k"}, "model": {"hidden": [16]}, "method": {"name": "adam"},
+                       "train": {"epochs": 2, "batch_size": 200, "progress": False}}, "tiny")
+    run_dir, summary, res = run_config(cfg, tmp_path / "run")
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.npz", "curves.png"):
+        assert (run_dir / f).exists(), f
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(s)
+    assert set(s["test"]) == {"accuracy", "nll", "ece"}
+    assert set(s["sparsity"]) >= {"neurons_pruned_frac", "weights_zero_frac", "params_remaining"}
+    assert set(s["time"]) == {"total_s", "per_epoch_s", "compile_s"}
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2] and "accuracy" in lines[-1]["test"]
+    assert s["sparsity"]["params_remaining"] == 784 * 16 + 16 + 16 * 10 + 10
+    # the resolved config round-trips
+    again = C.from_dict(C.read_yaml(run_dir / "config.yaml"))
+    assert again.model.hidden == (16,) and again.train.batch_size == 200
+    # checkpoints restore exactly, and refuse a mismatched structure
+    restored = load_checkpoint(run_dir / "checkpoint.npz", res.state)
+    for u, v in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(res.state), strict=True):
+        np.testing.assert_array_equal(u, v)
+    save_checkpoint(tmp_path / "other.npz", {"a": jnp.ones(3)})
+    with pytest.raises(ValueError, match="different method or network"):
+        load_checkpoint(tmp_path / "other.npz", res.state)
+
+
+def test_cli_train_list_predict_end_to_end(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: boston}\nmodel: {hidden: [8]}\nmethod: {name: adam}\n"
+                   "train: {epochs: 3, batch_size: 64, progress: false}\n")
+    out = tmp_path / "run"
+    assert cli.main(["train", str(cfg), f"output.dir={out}", "method.learning_rate=0.01"]) == 0
+    text = capsys.readouterr().out
+    assert "test_rmse" in text and str(out) in text
+    assert C.read_yaml(out / "config.yaml")["method"]["learning_rate"] == 0.01
+    assert cli.main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "boston" in listing and "adam" in listing
+    # predict on raw-unit inputs (npz) and on a dataset's test split
+    x_raw = np.asarray(load("boston").info["x_transform"]["mean"])[None, :].repeat(4, 0)
+    np.savez(tmp_path / "x.npz", x=x_raw)
+    assert cli.main(["predict", str(out), str(tmp_path / "x.npz"), "--out", str(tmp_path / "p.npz")]) == 0
+    p = np.load(tmp_path / "p.npz")
+    assert p["mean"].shape == (4, 1) and (p["var"] > 0).all() and 5 < p["mean"][0, 0] < 50
+    assert cli.main(["predict", str(out), "boston", "--out", str(tmp_path / "q.npz")]) == 0
+    assert np.load(tmp_path / "q.npz")["mean"].shape == (51, 1)
+    np.savez(tmp_path / "bad.npz", x=np.ones((2, 5)))
+    assert cli.main(["predict", str(out), str(tmp_path / "bad.npz"), "--out", str(tmp_path / "r.npz")]) == 2
+    assert "expects (n, 13)" in capsys.readouterr().err
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: boston}\nmethod: {name: adam}\ntrain: {epochs: 1, batchsize: 3}\n")
+    assert cli.main(["train", str(cfg)]) == 2
+    assert "train: unknown key(s) ['batchsize']" in capsys.readouterr().err
+    assert cli.main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_cli_sweep_writes_one_row_per_run(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("data: {name: boston}\nmodel: {hidden: [4]}\nmethod: {name: adam}\n"
+                   "train: {epochs: 1, batch_size: 128, progress: false}\n"
+                   "output: {plots: false, checkpoint: false}\n"
+                   "sweep: {grid: {method.name: [adam, sgd]}, seeds: [0, 1]}\n")
+    assert cli.main(["sweep", str(cfg), "--out", str(tmp_path / "sw")]) == 0
+    rows = (tmp_path / "sw" / "sweep.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("run,method")
