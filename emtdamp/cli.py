@@ -86,6 +86,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_list(args) -> int:
     from emtdamp.data import dataset_names, loader_options
+    from emtdamp.federated import fed_method_names, get_fed_method
     from emtdamp.methods import get_method, method_names
 
     print("datasets:")
@@ -94,13 +95,16 @@ def cmd_list(args) -> int:
         print(f"  {n:18s} options: {opts}")
     print("methods:")
     for n in method_names():
-        m = get_method(n)
-        print(f"  {n:18s} {m.description}")
+        print(f"  {n:18s} {get_method(n).description}")
+    print("federated methods:")
+    for n in fed_method_names():
+        print(f"  {n:18s} {get_fed_method(n).description}")
     return 0
 
 
 def cmd_predict(args) -> int:
     from emtdamp.data import load
+    from emtdamp.federated import get_fed_method
     from emtdamp.methods import get_method
     from emtdamp.runs import load_checkpoint
     from emtdamp.train import predict_in_chunks
@@ -112,9 +116,14 @@ def cmd_predict(args) -> int:
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
     cfg = cfgmod.from_dict(raw, run_dir.name)
     train_data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
-    method = get_method(cfg.method.name)
+    fm = get_fed_method(cfg.method.name)
+    method = fm if fm is not None else get_method(cfg.method.name)
     with jax.enable_x64(cfg.train.dtype == "float64"):
-        like = method.init(jax.random.PRNGKey(cfg.train.seed), cfg.model.spec(), train_data.spec, cfg.method.hparams)
+        key = jax.random.PRNGKey(cfg.train.seed)
+        if fm is not None:
+            like = fm.init(key, cfg.model.spec(), train_data.spec, cfg.method.hparams, cfg.train.batch_size)
+        else:
+            like = method.init(key, cfg.model.spec(), train_data.spec, cfg.method.hparams)
         state = load_checkpoint(run_dir / "checkpoint.npz", like)
         if args.data.endswith(".npz"):
             with np.load(args.data) as f:
@@ -128,7 +137,8 @@ def cmd_predict(args) -> int:
                 raise ValueError(f"{args.data}: {int((~np.isfinite(x)).any(1).sum())} rows of x hold NaN/inf")
             x = _standardize_like(train_data, cfg, x)
         else:
-            x = load(args.data, seed=cfg.data.seed).x_test
+            # the run's own dataset: its test split under the run's options (same split, same scaling)
+            x = train_data.x_test if args.data == cfg.data.name else load(args.data, seed=cfg.data.seed).x_test
         pred = predict_in_chunks(method, state, x)
     out = {}
     if pred.probs is not None:

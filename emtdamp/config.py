@@ -192,17 +192,31 @@ def _check_data_options(data: DataConfig) -> None:
                                   f"got {v!r}")
 
 
-def _build_method(raw: dict | None) -> MethodConfig:
-    from emtdamp.methods import get_method, method_names
+def all_method_names() -> list[str]:
+    """Centralised and federated method names."""
+    from emtdamp.federated import fed_method_names
+    from emtdamp.methods import method_names
 
+    return sorted(set(method_names()) | set(fed_method_names()))
+
+
+def hparams_cls_of(name: str) -> type:
+    from emtdamp.federated import get_fed_method
+    from emtdamp.methods import get_method
+
+    fm = get_fed_method(name)
+    return fm.hparams_cls if fm is not None else get_method(name).hparams_cls
+
+
+def _build_method(raw: dict | None) -> MethodConfig:
     raw = dict(raw or {})
     name = raw.pop("name", None)
+    names = all_method_names()
     if name is None:
-        raise ConfigError(f"method.name: required; choose one of {method_names()}")
-    if not isinstance(name, str) or name not in method_names():
-        raise ConfigError(f"method.name: unknown method {name!r}; choose one of {method_names()}")
-    method = get_method(name)
-    return MethodConfig(name=name, hparams=build_dataclass(method.hparams_cls, raw, "method"))
+        raise ConfigError(f"method.name: required; choose one of {names}")
+    if not isinstance(name, str) or name not in names:
+        raise ConfigError(f"method.name: unknown method {name!r}; choose one of {names}")
+    return MethodConfig(name=name, hparams=build_dataclass(hparams_cls_of(name), raw, "method"))
 
 
 def from_dict(raw: dict, name: str = "config") -> Config:

@@ -19,6 +19,7 @@ import yaml
 
 from emtdamp import config as cfgmod
 from emtdamp.data import load
+from emtdamp.federated import get_fed_method, train_federated
 from emtdamp.methods import get_method
 from emtdamp.train import TrainResult, train
 
@@ -74,15 +75,16 @@ def plot_curves(history: list, task: str, path: Path) -> None:
 
     key = "rmse" if task == "regression" else "accuracy"
     ev = [h for h in history if "test" in h]
-    ep = [h["epoch"] for h in ev]
+    xlabel = "round" if ev and "round" in ev[0] else "epoch"
+    ep = [h[xlabel] for h in ev]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     a1.plot(ep, [h["test"][key] for h in ev], marker=".")
-    a1.set_xlabel("epoch")
+    a1.set_xlabel(xlabel)
     a1.set_ylabel(f"test {key}")
     a1.grid(alpha=0.3)
     a2.plot(ep, [h["sparsity"]["neurons_pruned_frac"] for h in ev], label="neurons pruned")
     a2.plot(ep, [h["sparsity"]["weights_zero_frac"] for h in ev], label="weights zero")
-    a2.set_xlabel("epoch")
+    a2.set_xlabel(xlabel)
     a2.set_ylabel("fraction")
     a2.set_ylim(-0.02, 1.02)
     a2.legend()
@@ -99,7 +101,6 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False))
     data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
-    method = get_method(cfg.method.name)
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
 
@@ -107,6 +108,10 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    fm = get_fed_method(cfg.method.name)
+    if fm is not None:
+        return _run_federated(cfg, fm, data, run_dir, on_epoch, progress)
+    method = get_method(cfg.method.name)
     res = train(method, cfg.method.hparams, cfg.model.spec(), data, epochs=cfg.train.epochs,
                 batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
                 eval_every=cfg.train.eval_every,
@@ -115,9 +120,28 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
                "epochs": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity, "time": res.time,
                "data_seed": cfg.data.seed, "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
                "layer_sizes": list(cfg.model.spec().layer_sizes(data.spec))}
+    _finish(cfg, run_dir, summary, res.state, res.history, data.spec.task)
+    return run_dir, summary, res
+
+
+def _finish(cfg, run_dir: Path, summary: dict, state, history: list, task: str) -> None:
     _atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if cfg.output.checkpoint:
-        save_checkpoint(run_dir / "checkpoint.npz", res.state)
+        save_checkpoint(run_dir / "checkpoint.npz", state)
     if cfg.output.plots:
-        plot_curves(res.history, data.spec.task, run_dir / "curves.png")
+        plot_curves(history, task, run_dir / "curves.png")
+
+
+def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
+    res = train_federated(fm, cfg.method.hparams, cfg.model.spec(), data, rounds=cfg.train.epochs,
+                          batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
+                          progress=cfg.train.progress if progress is None else progress, on_round=on_round)
+    summary = {"method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
+               "epochs": cfg.train.epochs, "rounds": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity,
+               "time": res.time, "rounds_to_target": res.rounds_to_target, "target": cfg.method.hparams.target,
+               "bytes_per_round": res.bytes_per_round, "n_clients": cfg.method.hparams.n_clients,
+               "partition": cfg.method.hparams.partition, "data_seed": cfg.data.seed,
+               "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
+               "layer_sizes": list(cfg.model.spec().layer_sizes(data.spec))}
+    _finish(cfg, run_dir, summary, res.state, res.history, data.spec.task)
     return run_dir, summary, res

@@ -18,9 +18,18 @@ from emtdamp.methods.base import (
     register,
 )
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+_LOADED = False
+
+
+def load_all() -> None:
+    """Import every method module once (each registers its methods). Called lazily by the registry
+    lookups, so that importing one method module never drags in the others (no import cycles)."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for info in pkgutil.iter_modules(__path__):
+            if info.name != "base":
+                importlib.import_module(f"{__name__}.{info.name}")
 
 __all__ = ["Batch", "DataSpec", "Method", "ModelSpec", "Predictive", "get_method", "hparam",
-           "method_names", "register"]
+           "load_all", "method_names", "register"]

@@ -128,16 +128,18 @@ def register(name: str) -> Callable[[Callable[[], Method]], Callable[[], Method]
 
 def get_method(name: str) -> Method:
     """Look a method up by name; the error lists the registered names."""
-    from emtdamp import methods as _m  # noqa: F401  (imports every method module, filling the registry)
+    from emtdamp.methods import load_all
 
+    load_all()
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; registered methods: {sorted(_REGISTRY)}")
     return _REGISTRY[name]()
 
 
 def method_names() -> list[str]:
-    from emtdamp import methods as _m  # noqa: F401
+    from emtdamp.methods import load_all
 
+    load_all()
     return sorted(_REGISTRY)
 
 

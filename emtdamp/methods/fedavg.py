@@ -1,0 +1,75 @@
+"""FedAvg (McMahan et al.): clients run local SGD/Adam (optax) from the global weights; the server
+averages the returned weights, weighted by client data counts. The federated baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from emtdamp import mlp
+from emtdamp.federated import FedMethod, register_fed, scan_local, weighted_mean
+from emtdamp.methods.base import Batch, DataSpec, ModelSpec, Predictive, hparam
+from emtdamp.methods.optax_baselines import _loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class FedAvgHParams:
+    n_clients: int = hparam(10, range=(1, 1_000_000), doc="number of clients")
+    partition: str = hparam("iid", choices=("iid", "dirichlet", "shards"), doc="how data is split")
+    alpha: float = hparam(0.5, range=(1e-6, 1e6), doc="Dirichlet concentration (partition=dirichlet)")
+    client_fraction: float = hparam(1.0, range=(1e-6, 1.0), doc="share of clients selected per round")
+    local_epochs: int = hparam(1, range=(1, 10_000), doc="local passes over each client's data per round")
+    target: float = hparam(0.0, range=(0.0, 1e9), doc="accuracy (>=) or RMSE (<=) for rounds_to_target; 0 = none")
+    optimizer: str = hparam("adam", choices=("adam", "sgd"), doc="local optimizer")
+    learning_rate: float = hparam(1e-3, range=(0.0, 10.0), doc="local step size")
+    momentum: float = hparam(0.0, range=(0.0, 1.0), doc="local SGD momentum")
+
+
+def build_fedavg() -> FedMethod:
+    cfg: dict = {}
+
+    def init(key, model: ModelSpec, data: DataSpec, hp: FedAvgHParams, batch_size: int):
+        if hp.optimizer == "adam":
+            tx = optax.adam(hp.learning_rate)
+        else:
+            tx = optax.sgd(hp.learning_rate, hp.momentum or None)
+        cfg.update(task=data.task, activation=model.activation, tx=tx, bs=batch_size, epochs=hp.local_epochs)
+        params = mlp.init_mlp(key, model.layer_sizes(data))
+        return {"params": params, "noise_var": jnp.asarray(1.0, params[0]["kernel"].dtype)}
+
+    def client_update(server, x, y, mask, key):
+        tx = cfg["tx"]
+
+        def step(st, xb, yb, wb):
+            params, opt, _ = st
+            (_, data_loss), g = jax.value_and_grad(_loss_fn, has_aux=True)(
+                params, Batch(xb, yb, wb), cfg["task"], cfg["activation"], 0.0)
+            upd, opt = tx.update(g, opt, params)
+            return optax.apply_updates(params, upd), opt, data_loss.astype(params[0]["kernel"].dtype)
+
+        params = server["params"]
+        params, _, last_loss = scan_local(step, (params, tx.init(params), jnp.zeros((), x.dtype)), x, y, mask,
+                                          key, cfg["bs"], cfg["epochs"])
+        return {"params": params, "noise_var": last_loss}
+
+    def aggregate(server, msgs, weights):
+        return weighted_mean(msgs, weights)
+
+    def predict(server, x) -> Predictive:
+        out = mlp.apply(server["params"], x, cfg["activation"])
+        if cfg["task"] == "regression":
+            return Predictive(mean=out, var=jnp.broadcast_to(server["noise_var"], out.shape))
+        return Predictive(probs=jax.nn.softmax(out, -1))
+
+    def upload_bytes(server) -> int:
+        return 4 * mlp.count_params(server["params"])
+
+    return FedMethod(name="fedavg", hparams_cls=FedAvgHParams, init=init, client_update=client_update,
+                     aggregate=aggregate, predict=predict, upload_bytes=upload_bytes,
+                     description="FedAvg with local adam/sgd (optax); server averages weights by data count")
+
+
+register_fed("fedavg")(build_fedavg)
