@@ -48,11 +48,20 @@ def summary_row(summary: dict, label: str | None = None) -> dict:
 def cmd_train(args) -> int:
     from emtdamp.runs import run_config
 
-    cfg = cfgmod.load_config(args.config, args.overrides)
+    if args.resume and Path(args.config).is_dir():  # emtdamp train RUN_DIR --resume
+        run_dir = Path(args.config)
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found: is {run_dir} a run folder?")
+        cfg = cfgmod.load_config(run_dir / "config.yaml", [*args.overrides, f"output.dir={run_dir}"])
+    else:
+        cfg = cfgmod.load_config(args.config, args.overrides)
+        if args.resume and cfg.output.dir is None:
+            raise cfgmod.ConfigError("--resume needs the run folder: `emtdamp train RUN_DIR --resume` or "
+                                     "`emtdamp train CONFIG output.dir=RUN_DIR --resume`")
     if cfg.sweep is not None:
         print(f"note: {args.config} has a sweep block; `emtdamp train` runs the base config only "
               "(use `emtdamp sweep` for the grid)", file=sys.stderr)
-    run_dir, summary, _ = run_config(cfg)
+    run_dir, summary, _ = run_config(cfg, resume=args.resume)
     row = summary_row(summary)
     cols = [c for c in row if c not in ("run", "dataset", "seed")]
     _print_table([row], cols)
@@ -165,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one config and write a run folder")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.epochs=20")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint (CONFIG may be the run folder)")
     t.set_defaults(fn=cmd_train)
     s = sub.add_parser("sweep", help="expand a config's sweep block and run every combination")
     s.add_argument("config")

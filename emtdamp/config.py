@@ -62,6 +62,7 @@ class TrainConfig:
 class OutputConfig:
     dir: str | None = None
     checkpoint: bool = True
+    checkpoint_every: int = 5
     plots: bool = True
 
 
@@ -85,7 +86,7 @@ class Config:
 # Bounds of the generic blocks (method hparams carry their own in field metadata).
 _RANGES = {
     "train.epochs": (1, 10_000_000), "train.batch_size": (1, 10_000_000), "train.seed": (0, 2**31 - 1),
-    "train.eval_every": (1, 10_000_000), "data.seed": (0, 2**31 - 1),
+    "train.eval_every": (1, 10_000_000), "output.checkpoint_every": (1, 10_000_000), "data.seed": (0, 2**31 - 1),
 }
 _CHOICES = {"train.dtype": ("float32", "float64"), "model.activation": ("relu", "tanh", "gelu", "sigmoid")}
 _BLOCKS = ("data", "model", "method", "train", "output", "sweep")
@@ -233,7 +234,7 @@ def from_dict(raw: dict, name: str = "config") -> Config:
         raise ConfigError(f"model.hidden: widths must be >= 1, got {list(model.hidden)}")
     method = _build_method(raw.get("method"))
     train = build_dataclass(TrainConfig, raw.get("train"), "train", _RANGES, _CHOICES)
-    output = build_dataclass(OutputConfig, raw.get("output"), "output")
+    output = build_dataclass(OutputConfig, raw.get("output"), "output", _RANGES)
     sweep = None
     if raw.get("sweep") is not None:
         sweep = build_dataclass(SweepConfig, raw["sweep"], "sweep")

@@ -94,15 +94,34 @@ def plot_curves(history: list, task: str, path: Path) -> None:
     plt.close(fig)
 
 
-def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: bool | None = None
-               ) -> tuple[Path, dict, TrainResult]:
-    """Train ``cfg`` and write its run folder; returns (folder, summary, result)."""
+def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: bool | None = None,
+               resume: bool = False) -> tuple[Path, dict, TrainResult]:
+    """Train ``cfg`` and write its run folder; returns (folder, summary, result).
+
+    The state is checkpointed atomically after every epoch (``checkpoint.npz`` + ``progress.json``).
+    With ``resume=True`` a run folder holding a checkpoint continues from it (``metrics.jsonl`` is cut
+    back to the checkpointed epoch), and finishes with the same result as an uninterrupted run.
+    """
     run_dir = Path(run_dir or cfg.output.dir or default_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False))
     data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("")
+    ckpt, prog = run_dir / "checkpoint.npz", run_dir / "progress.json"
+    done = json.loads(prog.read_text())["epoch"] if resume and prog.exists() and ckpt.exists() else 0
+    if done:
+        kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= done]
+        metrics_path.write_text("".join(k + "\n" for k in kept))
+    else:
+        metrics_path.write_text("")
+
+    def on_checkpoint(state, epoch):
+        if cfg.output.checkpoint and (epoch % cfg.output.checkpoint_every == 0 or epoch == cfg.train.epochs):
+            save_checkpoint(ckpt, state)
+            _atomic_write(prog, lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
+
+    def restore(fresh):
+        return (load_checkpoint(ckpt, fresh), done) if done else (fresh, 0)
 
     def on_epoch(record):
         with open(metrics_path, "a") as f:
@@ -115,7 +134,8 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     res = train(method, cfg.method.hparams, cfg.model.spec(), data, epochs=cfg.train.epochs,
                 batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
                 eval_every=cfg.train.eval_every,
-                progress=cfg.train.progress if progress is None else progress, on_epoch=on_epoch)
+                progress=cfg.train.progress if progress is None else progress, on_epoch=on_epoch,
+                on_checkpoint=on_checkpoint, resume=restore)
     summary = {"method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
                "epochs": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity, "time": res.time,
                "data_seed": cfg.data.seed, "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),

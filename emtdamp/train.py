@@ -105,19 +105,25 @@ def check_finite(state, epoch: int) -> None:
 
 def train(method: Method, hparams, model: ModelSpec, data: Dataset, *, epochs: int, batch_size: int,
           seed: int = 0, dtype: str = "float32", eval_every: int = 1, progress: bool = True,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None,
+          on_checkpoint: Callable[[object, int], None] | None = None,
+          resume: Callable[[object], tuple[object, int]] | None = None) -> TrainResult:
     """Train ``method`` on ``data`` and evaluate on its test split.
 
     ``on_epoch(record)`` receives each epoch's record (epoch, wall_s, train_loss, test metrics,
-    sparsity) as it is made: run folders stream it to ``metrics.jsonl``.
+    sparsity) as it is made: run folders stream it to ``metrics.jsonl``. ``on_checkpoint(state,
+    epoch)`` is called after every epoch (run folders write an atomic checkpoint).
+    ``resume(fresh_state) -> (state, epoch)`` restores a checkpoint: training continues at
+    ``epoch + 1`` with the same per-epoch keys, so the result equals an uninterrupted run.
     """
     ctx = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
     with ctx:
         return _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_every, progress,
-                      on_epoch)
+                      on_epoch, on_checkpoint, resume)
 
 
-def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_every, progress, on_epoch):
+def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_every, progress, on_epoch,
+           on_checkpoint, resume):
     from tqdm.auto import tqdm
 
     npdt = np.float64 if dtype == "float64" else np.float32
@@ -134,9 +140,12 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
     compiled = epoch_fn.lower(state, loop_key, x, y).compile()
     compile_s = time.perf_counter() - t0
 
+    start = 0
+    if resume is not None:
+        state, start = resume(state)
     history, test, epoch_times = [], {}, []
-    bar = tqdm(range(1, epochs + 1), desc=f"{method.name}", unit="epoch", disable=not progress, leave=False,
-               mininterval=0.5)
+    bar = tqdm(range(start + 1, epochs + 1), desc=f"{method.name}", unit="epoch", disable=not progress,
+               leave=False, mininterval=0.5, initial=start, total=epochs)
     t_start = time.perf_counter()
     for ep in bar:
         te = time.perf_counter()
@@ -155,7 +164,11 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+        if on_checkpoint is not None:
+            on_checkpoint(state, ep)
+    if not test:  # resumed after the last epoch: evaluate the restored state
+        test = evaluate(method, state, data)
     total = time.perf_counter() - t_start
     return TrainResult(state=state, history=history, test=test, sparsity=default_sparsity(method, state),
-                       time={"total_s": total, "per_epoch_s": float(np.median(epoch_times)),
+                       time={"total_s": total, "per_epoch_s": float(np.median(epoch_times)) if epoch_times else 0.0,
                              "compile_s": compile_s})

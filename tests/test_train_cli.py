@@ -115,3 +115,38 @@ def test_cli_sweep_writes_one_row_per_run(tmp_path):
     assert cli.main(["sweep", str(cfg), "--out", str(tmp_path / "sw")]) == 0
     rows = (tmp_path / "sw" / "sweep.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("run,method")
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    """SIGKILL mid-run, then --resume: final metrics equal an uninterrupted run of the same seed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: mnist5k}\nmodel: {hidden: [32]}\nmethod: {name: adam}\n"
+                   "train: {epochs: 40, batch_size: 100, progress: false}\n"
+                   "output: {plots: false, checkpoint_every: 1}\n")
+    full = tmp_path / "full"
+    assert cli.main(["train", str(cfg), f"output.dir={full}"]) == 0
+    part = tmp_path / "part"
+    proc = subprocess.Popen([sys.executable, "-m", "emtdamp.cli", "train", str(cfg), f"output.dir={part}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until a few epochs are checkpointed, then kill hard
+        prog = part / "progress.json"
+        if prog.exists() and json.loads(prog.read_text())["epoch"] >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads((part / "progress.json").read_text())["epoch"]
+    assert 3 <= done < 40, "the run finished before it could be killed; make it longer"
+    assert cli.main(["train", str(part), "--resume"]) == 0
+    a = json.loads((full / "summary.json").read_text())
+    b = json.loads((part / "summary.json").read_text())
+    assert a["test"] == b["test"]
+    epochs = [json.loads(x)["epoch"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 41))
