@@ -210,6 +210,8 @@ def hparams_cls_of(name: str) -> type:
 
 
 def _build_method(raw: dict | None) -> MethodConfig:
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"method: expected a mapping with a `name` key, got {raw!r}")
     raw = dict(raw or {})
     name = raw.pop("name", None)
     names = all_method_names()
@@ -290,6 +292,9 @@ def read_yaml(path: str | Path) -> dict:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping with blocks {list(_BLOCKS)}, "
+                          f"got {type(raw).__name__}")
     return raw or {}
 
 
