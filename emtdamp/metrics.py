@@ -21,22 +21,53 @@ def regression_metrics(pred: Predictive, y_std_units: np.ndarray, y_mean: np.nda
     err = y - mean
     nll = 0.5 * (np.log(2 * np.pi * var) + err**2 / var)
     denom = np.sum((y - y.mean(0)) ** 2)
+    z90 = 1.6448536269514722  # central 90 % interval of a Gaussian predictive: mean +- z90 * sd
     return {"rmse": float(np.sqrt(np.mean(err**2))), "nll": float(np.mean(np.sum(nll, axis=1))),
             "nmse": float(np.sum(err**2) / denom) if denom > 0 else float("nan"),
-            "mae": float(np.mean(np.abs(err)))}
+            "mae": float(np.mean(np.abs(err))),
+            "coverage90": float(np.mean(np.abs(err) <= z90 * np.sqrt(var)))}
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15):
+    """Per equal-width confidence bin: (share of points, mean confidence, accuracy); empty bins NaN."""
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == labels).astype(np.float64)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    share, mconf, acc = np.zeros(n_bins), np.full(n_bins, np.nan), np.full(n_bins, np.nan)
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            share[b], mconf[b], acc[b] = m.mean(), conf[m].mean(), correct[m].mean()
+    return share, mconf, acc
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     """ECE with ``n_bins`` equal-width bins on the top-class confidence."""
-    conf = probs.max(1)
-    correct = (probs.argmax(1) == labels).astype(np.float64)
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        m = bins == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+    share, mconf, acc = reliability_bins(probs, labels, n_bins)
+    ok = share > 0
+    return float(np.sum(share[ok] * np.abs(acc[ok] - mconf[ok])))
+
+
+def plot_reliability(probs: np.ndarray, labels: np.ndarray, path, title: str = "", n_bins: int = 15) -> None:
+    """Reliability diagram (accuracy vs confidence per bin, with the diagonal) saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    share, mconf, acc = reliability_bins(probs, labels, n_bins)
+    edges = np.linspace(0, 1, n_bins + 1)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ok = share > 0
+    ax.bar(edges[:-1][ok], acc[ok], width=1 / n_bins, align="edge", alpha=0.7, edgecolor="k", label="accuracy")
+    ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} ECE={expected_calibration_error(probs, labels, n_bins):.3f}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def classification_metrics(pred: Predictive, labels: np.ndarray) -> dict:

@@ -21,7 +21,8 @@ from emtdamp import config as cfgmod
 from emtdamp.data import load
 from emtdamp.federated import get_fed_method, train_federated
 from emtdamp.methods import get_method
-from emtdamp.train import TrainResult, train
+from emtdamp.metrics import plot_reliability
+from emtdamp.train import TrainResult, predict_in_chunks, train
 
 SUMMARY_KEYS = ("method", "dataset", "seed", "epochs", "test", "sparsity", "time")
 
@@ -140,16 +141,20 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
                "epochs": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity, "time": res.time,
                "data_seed": cfg.data.seed, "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
                "layer_sizes": list(cfg.model.spec().layer_sizes(data.spec))}
-    _finish(cfg, run_dir, summary, res.state, res.history, data.spec.task)
+    _finish(cfg, run_dir, summary, res.state, res.history, data, method)
     return run_dir, summary, res
 
 
-def _finish(cfg, run_dir: Path, summary: dict, state, history: list, task: str) -> None:
+def _finish(cfg, run_dir: Path, summary: dict, state, history: list, data, method) -> None:
     _atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if cfg.output.checkpoint:
         save_checkpoint(run_dir / "checkpoint.npz", state)
     if cfg.output.plots:
-        plot_curves(history, task, run_dir / "curves.png")
+        plot_curves(history, data.spec.task, run_dir / "curves.png")
+        if data.spec.task == "classification":
+            probs = predict_in_chunks(method, state, data.x_test).probs
+            plot_reliability(probs, data.y_test, run_dir / "calibration.png",
+                             title=f"{cfg.method.name} {cfg.data.name}")
 
 
 def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
@@ -163,5 +168,5 @@ def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
                "partition": cfg.method.hparams.partition, "data_seed": cfg.data.seed,
                "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
                "layer_sizes": list(cfg.model.spec().layer_sizes(data.spec))}
-    _finish(cfg, run_dir, summary, res.state, res.history, data.spec.task)
+    _finish(cfg, run_dir, summary, res.state, res.history, data, fm)
     return run_dir, summary, res

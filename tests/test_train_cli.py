@@ -51,7 +51,7 @@ def test_run_folder_and_summary_schema(tmp_path):
     cfg = C.from_dict({"data": {"name": "mnist5k"}, "model": {"hidden": [16]}, "method": {"name": "adam"},
                        "train": {"epochs": 2, "batch_size": 200, "progress": False}}, "tiny")
     run_dir, summary, res = run_config(cfg, tmp_path / "run")
-    for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.npz", "curves.png"):
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.npz", "curves.png", "calibration.png"):
         assert (run_dir / f).exists(), f
     s = json.loads((run_dir / "summary.json").read_text())
     assert set(SUMMARY_KEYS) <= set(s)
@@ -150,3 +150,24 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert a["test"] == b["test"]
     epochs = [json.loads(x)["epoch"] for x in (part / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 41))
+
+
+def test_metrics_against_hand_computed_values():
+    from emtdamp.methods import Predictive
+    from emtdamp.metrics import classification_metrics, expected_calibration_error, regression_metrics
+
+    y = np.array([[0.0], [1.0], [2.0], [3.0]])
+    pred = Predictive(mean=np.array([[0.0], [1.0], [2.0], [5.0]]), var=np.ones((4, 1)))
+    m = regression_metrics(pred, y, np.array([10.0]), np.array([2.0]))  # original units: y*2+10
+    assert m["rmse"] == pytest.approx(np.sqrt(16 / 4))  # one error of 2 std units = 4 original units
+    assert m["nmse"] == pytest.approx(4 / 5)  # sum err^2 = 4 (std units), sum (y - ybar)^2 = 5
+    assert m["coverage90"] == 0.75  # |err| = 2 > 1.645 std for the last point only
+    nll = 0.5 * (np.log(2 * np.pi * 4) + np.array([0, 0, 0, 16]) / 4)
+    assert m["nll"] == pytest.approx(nll.mean())
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    labels = np.array([0, 1, 1])
+    c = classification_metrics(Predictive(probs=probs), labels)
+    assert c["accuracy"] == pytest.approx(2 / 3)
+    assert c["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.8])))
+    # bins of width 1/15: 0.9, 0.6, 0.8 fall in separate bins -> ECE = mean |acc - conf|
+    assert expected_calibration_error(probs, labels) == pytest.approx((0.1 + 0.6 + 0.2) / 3)
