@@ -1,5 +1,6 @@
 """`make demo`: train on the embedded default data (Boston housing, shipped by mlxtend) and print
-the final table. Runs EM-TDAMP beside adam when the EM-TDAMP config exists."""
+EM-TDAMP beside adam on the same split (404/102, seed 0) and network (13-64-1): test RMSE, NLL,
+neurons pruned, seconds."""
 
 import sys
 from pathlib import Path
@@ -7,5 +8,5 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from compare import main  # noqa: E402
 
-configs = [c for c in ("configs/emtdamp_boston.yaml", "configs/boston.yaml") if Path(c).exists()]
-sys.exit(main([*configs, "--out", "runs/demo"]))
+sys.exit(main(["configs/emtdamp_boston.yaml", "configs/boston.yaml:data.options.test_fraction=0.2",
+               "--out", "runs/demo"]))

@@ -1,0 +1,89 @@
+"""EM-TDAMP as a registered training method (``method.name: emtdamp``).
+
+``step`` = one minibatch of the TDAMP E-step (``I_A`` turbo DAMP iterations) + PasP + the streaming
+M-step; ``end_epoch`` = per-epoch M-step (when ``v_schedule="epoch"``), the pruning schedule and the
+reset of the accumulated group evidence; ``predict`` = moment propagation (or the plug-in network);
+``sparsity`` = :func:`emtdamp.prune.sparsity`. See docs/emtdamp.md for the algorithm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from emtdamp import em, prune, tdamp
+from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.tdamp.state import RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
+
+
+@dataclasses.dataclass(frozen=True)
+class EmtdampHParams:
+    """Hyperparameters of EM-TDAMP (spec sections 2.5, 3, 4; defaults follow the spec)."""
+
+    n_iter: int = hparam(1, range=(1, 20), doc="I_A: DAMP iterations per minibatch")
+    beta: float = hparam(0.5, range=(0.01, 1.0), doc="damping of the Module-A outputs (1 = none)")
+    rho_mode: str = hparam("group", choices=RHO_MODES, doc="support-prior M-step: per group, per layer, fixed")
+    rho0: float = hparam(0.99, range=(1e-6, 1.0), doc="initial support probability of every group")
+    rho_clip: float = hparam(1e-5, range=(0.0, 0.5), doc="rho clipped to [eps, 1-eps] by the M-step (spec: 1e-3)")
+    v_update: str = hparam("closed_form", choices=V_UPDATES, doc="noise-variance M-step")
+    v_passes: int = hparam(1, range=(1, 10), doc="fixed-point passes of the classification closed form")
+    v_ema: float = hparam(0.0, range=(0.0, 0.999), doc="v <- v_ema v + (1 - v_ema) v_new (0 = plain EM)")
+    v_schedule: str = hparam("minibatch", choices=V_SCHEDULES, doc="v M-step after every minibatch or epoch")
+    v0: float = hparam(1.0, range=(1e-6, 1e6), doc="initial noise variance")
+    lambda_f: float = hparam(1.0, range=(1e-3, 1.0), doc="PasP forgetting factor (prior variance / lambda_f)")
+    sigma0_sq: float = hparam(0.0, range=(0.0, 100.0), doc="initial slab variance (0 = gamma / fan-in)")
+    gamma: float = hparam(0.1, range=(1e-6, 100.0), doc="slab variance gamma / fan-in when sigma0_sq = 0")
+    sigmab0_sq: float = hparam(1.0, range=(1e-6, 100.0), doc="initial bias prior variance")
+    prune: str = hparam("none", choices=prune.PRUNE_MODES, doc="pruning: none, free (pi > 0.5), target kappa")
+    target_density: float = hparam(1.0, range=(0.0, 1.0), doc="kept-group share kappa (prune=target)")
+    warm: int = hparam(10, range=(0, 100000), doc="unpruned warm-up epochs before pruning starts")
+    ramp: int = hparam(20, range=(1, 100000), doc="epochs over which the kept share ramps from 1 to kappa")
+    prune_inputs: bool = hparam(True, doc="whether input features (first-layer groups) may be pruned")
+    plug_in: bool = hparam(False, doc="predict with the posterior-mean network instead of moment propagation")
+
+
+def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
+    """The static :class:`~emtdamp.tdamp.TdampHParams` for a method configuration."""
+    return TdampHParams(task=task, n_iter=hp.n_iter, beta=hp.beta, rho_mode=hp.rho_mode, v_update=hp.v_update,
+                        v_passes=hp.v_passes, v_ema=hp.v_ema, v_schedule=hp.v_schedule, lambda_f=hp.lambda_f,
+                        sigma0_sq=hp.sigma0_sq, gamma=hp.gamma, sigmab0_sq=hp.sigmab0_sq, rho0=hp.rho0,
+                        rho_clip=hp.rho_clip, v0=hp.v0, dtype=dtype)
+
+
+@register("emtdamp")
+def build_emtdamp() -> Method:
+    """EM-TDAMP (Xu et al., 2024) as a :class:`~emtdamp.methods.base.Method`."""
+    cfg: dict = {}
+
+    def init(key, model: ModelSpec, data: DataSpec, hp: EmtdampHParams):
+        if model.activation != "relu":
+            raise ValueError(f"emtdamp supports ReLU networks only (got activation {model.activation!r})")
+        dtype = str(jnp.dtype(jnp.result_type(float)))  # float64 when x64 is enabled, else float32
+        cfg.update(hp=hp, task=data.task, thp=tdamp_hparams(hp, data.task, dtype))
+        return tdamp.init(key, model.layer_sizes(data), cfg["thp"])
+
+    def step(state, batch: Batch):
+        thp = cfg["thp"]
+        state, info = tdamp.step(state, batch.x, batch.y, thp, batch.w)
+        state = em.m_step(state, thp, info["zstats"])
+        return state, {"loss": info["loss"], "v": state.v}
+
+    def end_epoch(state, epoch):
+        hp, thp = cfg["hp"], cfg["thp"]
+        state = em.end_epoch_v(state, thp)
+        return prune.end_epoch(state, epoch, mode=hp.prune, kappa=hp.target_density, warm=hp.warm,
+                               ramp=hp.ramp, prune_inputs=hp.prune_inputs)
+
+    def predict(state, x) -> Predictive:
+        out = tdamp.predict(state, x, plug_in=cfg["hp"].plug_in, task=cfg["task"])
+        if cfg["task"] == "regression":
+            return Predictive(mean=out[0], var=out[1])
+        return Predictive(probs=out)
+
+    def sparsity(state) -> dict:
+        return prune.sparsity(state)
+
+    return Method(name="emtdamp", hparams_cls=EmtdampHParams, init=init, step=step, predict=predict,
+                  sparsity=sparsity, end_epoch=end_epoch,
+                  description="EM-TDAMP: group-sparse Bayesian MLP by turbo deep AMP + EM (message passing)")

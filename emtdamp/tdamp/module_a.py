@@ -1,0 +1,173 @@
+"""Module A: deep approximate message passing over the network for one minibatch (spec 2.2-2.3).
+
+All arrays use the batch-major layout: activations ``(B, N)``, kernels ``(N_in, N_out)``. In that
+layout the spec's matrix products of section 2.3 read (``X^2`` elementwise)::
+
+    forward   Vbar = T_U W^2 + U^2 V_W,   V_P = Vbar + T_U V_W + 1 v_b^T,   P = U W + 1 b^T - S_prev o Vbar
+    backward  V_R = 1 / (T_S (W^2)^T),    R = U o (1 - V_R o (T_S V_W^T)) + V_R o (S W^T)
+              V_Q = 1 / ((U^2)^T T_S),    Q = W o (1 - V_Q o (T_U^T T_S)) + V_Q o (U^T S)
+              v_qb = 1 / (1^T T_S),        q_b = b + v_qb o (1^T S)
+
+Row weights ``w (B,)`` multiply ``S`` and ``T_S`` at every layer, so a padding row (w = 0) sends no
+message to any weight, bias or lower layer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from emtdamp.gaussian import Gaussian, bounds, log_ndtr, mills_ratio, relu_posterior_offset
+from emtdamp.tdamp.state import LayerState
+
+
+def forward_layer(layer: LayerState, U: jax.Array, TU: jax.Array | None, S_prev: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Forward message to the pre-activations of one layer.
+
+    Parameters
+    ----------
+    layer: the layer's state (uses ``W, VW, b, vb``).
+    U, TU: ``(B, N_in)`` mean / variance of the layer input; ``TU=None`` for known inputs (layer 0).
+    S_prev: ``(B, N_out)`` the layer's ``S`` of the previous DAMP iteration (zeros on the first).
+
+    Returns
+    -------
+    P, VP, Vbar: ``(B, N_out)`` forward mean, variance (clipped) and the Onsager variance ``Vbar``.
+    """
+    lo, hi = bounds(U.dtype)
+    W, VW = layer.W, layer.VW
+    vbar = (U * U) @ VW
+    VP = vbar + layer.vb
+    if TU is not None:
+        vbar = vbar + TU @ (W * W)
+        VP = vbar + TU @ VW + layer.vb
+    VP = jnp.clip(VP, lo, hi)
+    P = U @ W + layer.b - S_prev * vbar
+    return P, VP, vbar
+
+
+def gaussian_output(P: jax.Array, VP: jax.Array, y: jax.Array, v: jax.Array, w: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Gaussian likelihood ``N(y; z, v)`` (spec 2.2c).
+
+    Parameters
+    ----------
+    P, VP, y: ``(B, K)``; v: scalar; w: ``(B,)`` row weights.
+
+    Returns
+    -------
+    S, TS: ``(B, K)`` (multiplied by ``w``); stat, count: E-step statistic for v,
+    ``sum_m w_m sum_i (y - z_hat)^2 + T_Z`` and ``sum_m w_m K``.
+    """
+    den = VP + v
+    S, TS = (y - P) / den, 1.0 / den
+    zh, tz = (P * v + y * VP) / den, VP * v / den
+    wc = w[:, None]
+    stat = jnp.sum(wc * ((y - zh) ** 2 + tz))
+    return S * wc, TS * wc, stat, jnp.sum(w) * y.shape[1]
+
+
+def probit_pairs(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pairwise margins of the probit-product likelihood (spec 2.2c).
+
+    Returns ``mu (B, K) = P_c - P_i``, ``s (B, K) = VP_c + VP_i`` and the mask ``(B, K)`` of the
+    pairs ``i != c`` (zero in the label column).
+    """
+    onehot = jax.nn.one_hot(c, P.shape[1], dtype=P.dtype)
+    pc = jnp.sum(P * onehot, axis=1, keepdims=True)
+    vc = jnp.sum(VP * onehot, axis=1, keepdims=True)
+    return pc - P, vc + VP, 1.0 - onehot
+
+
+def probit_output(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array, w: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Probit-product likelihood ``prod_{i != c} Phi((z_c - z_i)/sqrt(v))`` (spec 2.2c).
+
+    Parameters
+    ----------
+    P, VP: ``(B, K)`` forward messages; c: ``(B,)`` int labels; v: scalar; w: ``(B,)`` row weights.
+
+    Returns
+    -------
+    S, TS: ``(B, K)`` (multiplied by ``w``); stat, count: the augmented-model E-step statistic
+    ``sum w E[e^2]`` over pairs ``i != c`` (spec section 3) and the weighted number of pairs.
+    """
+    mu, s, mask = probit_pairs(P, VP, c, v)
+    sig = jnp.sqrt(v + s)
+    kap = mu / sig
+    lam = mills_ratio(kap)
+    g = lam / sig * mask
+    h = g * (g + kap / sig) * mask
+    onehot = 1.0 - mask
+    S = -g + onehot * jnp.sum(g, axis=1, keepdims=True)
+    TS = h + onehot * jnp.sum(h, axis=1, keepdims=True)
+    ee2 = v * s / (s + v) + v * v / (s + v) * (1.0 - kap * lam)
+    wc = w[:, None]
+    return S * wc, TS * wc, jnp.sum(ee2 * mask * wc), jnp.sum(mask * wc)
+
+
+def probit_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array) -> jax.Array:
+    """``(B,)`` ``sum_{i != c} log Phi((P_c - P_i) / sqrt(v + VP_c + VP_i))`` (predictive log-score)."""
+    mu, s, mask = probit_pairs(P, VP, c, v)
+    return jnp.sum(log_ndtr(mu / jnp.sqrt(v + s)) * mask, axis=1)
+
+
+def hidden_output(P: jax.Array, VP: jax.Array, R: jax.Array, VR: jax.Array, w: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+    """``S, T_S`` of a hidden layer from its ReLU node posterior (spec 2.3 backward, l < L)."""
+    dz, vz, _, _ = relu_posterior_offset(P, VP, R, VR)
+    S = dz / VP
+    TS = jnp.maximum((1.0 - vz / VP) / VP, 0.0)
+    wc = w[:, None]
+    return S * wc, TS * wc
+
+
+def message_to_input(layer: LayerState, U: jax.Array, S: jax.Array, TS: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+    """Backward message ``N(u; R, V_R)`` to the layer input (``(B, N_in)`` each), before the update.
+
+    Computed through its natural parameters: with ``prec = T_S (W^2)^T``, ``a = T_S V_W^T`` and
+    ``c = S W^T``, the spec's ``R = U (1 - V_R a) + V_R c`` is ``R = (U (prec - a) + c) / prec``, with
+    ``prec`` clipped below at the dtype's bound (``V_R = 1 / prec``). The self-correction ``prec - a``
+    is often negative (``V_W > W^2``, e.g. early in training); that is BiG-AMP's, and kept.
+    """
+    lo, _ = bounds(U.dtype)
+    W, VW = layer.W, layer.VW
+    prec_c = jnp.maximum(TS @ (W * W).T, lo)
+    R = (U * (prec_c - TS @ VW.T) + S @ W.T) / prec_c
+    return R, 1.0 / prec_c
+
+
+def message_to_weights(layer: LayerState, U: jax.Array, TU: jax.Array | None, S: jax.Array,
+                       TS: jax.Array) -> tuple[Gaussian, Gaussian]:
+    """Likelihood messages ``N(w; Q, V_Q)`` ``(N_in, N_out)`` and ``N(b; q_b, v_qb)`` ``(N_out,)``.
+
+    Natural-parameter form of the spec's ``Q = W (1 - V_Q (T_U^T T_S)) + V_Q (U^T S)``:
+    ``Q = (W (prec - a) + U^T S) / prec`` with ``prec = (U^2)^T T_S`` (clipped below) and
+    ``a = T_U^T T_S`` (``a = 0`` for known inputs).
+    """
+    lo, _ = bounds(U.dtype)
+    W = layer.W
+    prec_c = jnp.maximum((U * U).T @ TS, lo)
+    corr = prec_c if TU is None else prec_c - TU.T @ TS
+    Q = (W * corr + U.T @ S) / prec_c
+    sb = jnp.sum(TS, axis=0)
+    precb = jnp.maximum(sb, lo)
+    qb = (layer.b * sb + jnp.sum(S, axis=0)) / precb
+    return Gaussian.from_mean_var(Q, 1.0 / prec_c), Gaussian.from_mean_var(qb, 1.0 / precb)
+
+
+def weight_llr(lik_mean: jax.Array, lik_var: jax.Array, mu0: jax.Array, s0: jax.Array) -> jax.Array:
+    """Per-weight log-likelihood ratio active/inactive ``log N(Q; mu0, s0+V_Q) - log N(Q; 0, V_Q)``.
+
+    Evaluated in the algebraically identical, cancellation-free form
+    ``-0.5 log1p(s0/V_Q) - 0.5 [mu0 (mu0 - 2Q)/(s0 + V_Q) - s0 Q^2 / (V_Q (s0 + V_Q))]``.
+    The difference of the two log-densities cancels catastrophically when a unit is (nearly) dead:
+    then ``V_Q`` sits at the clip (1e12) and ``Q`` is a ratio of two tiny sums of order 1e9-1e11, so
+    each log-density is ~1e10 while their difference is O(1e-3).
+    """
+    Q, VQ = lik_mean, lik_var
+    tot = s0 + VQ
+    return -0.5 * jnp.log1p(s0 / VQ) - 0.5 * (mu0 * (mu0 - 2.0 * Q) / tot - s0 * Q * Q / (VQ * tot))

@@ -1,0 +1,230 @@
+"""The TDAMP E-step on a minibatch (turbo loop of Module A and Module B), PasP, prediction, epochs.
+
+One DAMP iteration = a forward sweep through the layers (spec 2.3), then a backward sweep that at
+each layer computes the output-side messages, the message to the layer below, the likelihood
+messages to the weights, one turbo exchange with Module B, and the damped denoiser update. The
+``I_A`` iterations run in a ``lax.fori_loop``; the layers (different shapes) in a static Python loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from emtdamp.gaussian import bounds, clip_var, relu_posterior
+from emtdamp.tdamp import module_a, module_b
+from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState
+
+
+class ZStats(NamedTuple):
+    """Output-layer messages of the last DAMP iteration of a minibatch (input of the v M-step).
+
+    P, VP: ``(B, K)`` forward mean / variance of ``z_L``; y: targets ``(B, K)`` or labels ``(B,)``;
+    w: ``(B,)`` row weights.
+    """
+
+    P: jax.Array
+    VP: jax.Array
+    y: jax.Array
+    w: jax.Array
+
+
+def _output(hp: TdampHParams, P, VP, y, v, w):
+    if hp.task == "regression":
+        return module_a.gaussian_output(P, VP, y, v, w)
+    return module_a.probit_output(P, VP, y, v, w)
+
+
+def _damp_iteration(hp: TdampHParams, x, y, w, v, carry):
+    """One forward + backward sweep. ``carry = (layers, S_prev, R, VR, lam_sum, stat, count, P_L, VP_L)``."""
+    layers, S_prev, R, VR, lam_sum = carry[:5]
+    L = len(layers)
+    beta = hp.beta
+    lo, _ = bounds(x.dtype)
+    # ---- forward sweep ----------------------------------------------------------------------
+    U, TU = [x], [None]
+    P, VP = [None] * L, [None] * L
+    for l in range(L):
+        P[l], VP[l], _ = module_a.forward_layer(layers[l], U[l], TU[l], S_prev[l])
+        if l < L - 1:
+            _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l])
+            U.append(u)
+            TU.append(tu)
+    # ---- backward sweep ---------------------------------------------------------------------
+    layers, S_prev, R, VR, lam_sum = list(layers), list(S_prev), list(R), list(VR), list(lam_sum)
+    stat = count = None
+    for l in reversed(range(L)):
+        if l == L - 1:
+            S, TS, stat, count = _output(hp, P[l], VP[l], y, v, w)
+        else:
+            S, TS = module_a.hidden_output(P[l], VP[l], R[l], VR[l], w)
+        S_prev[l] = S
+        layer = layers[l]
+        if l > 0:
+            R[l - 1], VR[l - 1] = module_a.message_to_input(layer, U[l], S, TS)
+        lik_w, lik_b = module_a.message_to_weights(layer, U[l], TU[l], S, TS)
+        W_n, VW_n, m_pl, v_pl, pi, lam = module_b.denoise_weights(lik_w, layer.mu0, layer.s0, layer.rho,
+                                                                  layer.mask)
+        b_n, vb_n = module_b.denoise_bias(lik_b, layer.b0, layer.vb0)
+        lam_sum[l] = lam_sum[l] + lam
+        layers[l] = layer.replace(
+            W=beta * W_n + (1.0 - beta) * layer.W,
+            VW=jnp.maximum(beta * VW_n + (1.0 - beta) * layer.VW, lo),
+            b=beta * b_n + (1.0 - beta) * layer.b,
+            vb=beta * vb_n + (1.0 - beta) * layer.vb,
+            slab_m=m_pl, slab_v=v_pl, pi=pi)
+    return (layers, S_prev, R, VR, lam_sum, stat, count, P[L - 1], VP[L - 1])
+
+
+def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: TdampHParams,
+                   w: jax.Array | None = None) -> tuple[TdampState, ZStats, jax.Array, jax.Array]:
+    """E-step on one minibatch: ``I_A`` DAMP iterations with turbo exchange (no PasP, no M-step).
+
+    Returns the updated state (weights, biases, slab posteriors, pi, lam_acc), the output-layer
+    statistics of the last iteration and the v E-step statistic/count (at the current v).
+    """
+    dtype = state.v.dtype
+    x = jnp.asarray(x, dtype)
+    B = x.shape[0]
+    w = jnp.ones((B,), dtype) if w is None else jnp.asarray(w, dtype)
+    y = jnp.asarray(y, dtype) if hparams.task == "regression" else jnp.asarray(y, jnp.int32)
+    _, hi = bounds(dtype)
+    layers = list(state.layers)
+    S_prev = [jnp.zeros((B, lay.W.shape[1]), dtype) for lay in layers]
+    R = [jnp.zeros((B, lay.W.shape[1]), dtype) for lay in layers[:-1]]
+    VR = [jnp.full((B, lay.W.shape[1]), hi, dtype) for lay in layers[:-1]]
+    lam_sum = [jnp.zeros_like(lay.lam_acc) for lay in layers]
+    K = layers[-1].W.shape[1]
+    zero = jnp.zeros((), dtype)
+    carry = (layers, S_prev, R, VR, lam_sum, zero, zero, jnp.zeros((B, K), dtype), jnp.ones((B, K), dtype))
+    body = lambda _, c: _damp_iteration(hparams, x, y, w, state.v, c)
+    carry = jax.lax.fori_loop(0, hparams.n_iter, body, carry)
+    layers, _, _, _, lam_sum, stat, count, P_L, VP_L = carry
+    layers = [lay.replace(lam_acc=lay.lam_acc + ls) for lay, ls in zip(layers, lam_sum, strict=True)]
+    return state.replace(layers=layers), ZStats(P=P_L, VP=VP_L, y=y, w=w), stat, count
+
+
+def pasp(state: TdampState, hparams: TdampHParams) -> TdampState:
+    """Posterior-as-prior (spec 2.6): slab prior <- slab posterior, bias prior <- bias posterior,
+    variances divided by the forgetting factor ``lambda_f``."""
+    lf = hparams.lambda_f
+    layers = [lay.replace(mu0=lay.slab_m, s0=clip_var(lay.slab_v / lf), b0=lay.b, vb0=clip_var(lay.vb / lf))
+              for lay in state.layers]
+    return state.replace(layers=layers)
+
+
+def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: TdampHParams,
+         w: jax.Array | None = None) -> tuple[TdampState, dict]:
+    """One minibatch of EM-TDAMP's E-step: ``I_A`` turbo DAMP iterations, then PasP.
+
+    The M-step (:func:`emtdamp.em.m_step`) is separate; :func:`epoch` chains both.
+
+    Parameters
+    ----------
+    state: current state.
+    x_batch: ``(B, N_0)`` inputs. y_batch: ``(B, K)`` float targets (regression) or ``(B,)`` int
+        labels (classification).
+    hparams: static settings.
+    w: optional ``(B,)`` row weights (1 = real row, 0 = padding row that contributes nothing).
+
+    Returns
+    -------
+    state: updated weights, biases, supports, PasP priors, ``v_stat``/``v_count`` (+ epoch sums),
+        ``count + 1``.
+    info: dict with ``"loss"`` (weighted MSE of the forward mean for regression; mean negative
+        probit-product log-score for classification, both from the last iteration's forward
+        messages), ``"v"`` and ``"zstats"`` (:class:`ZStats` for the v M-step).
+    """
+    state, zs, stat, count = damp_minibatch(state, x_batch, y_batch, hparams, w)
+    if hparams.pasp:
+        state = pasp(state, hparams)
+    state = state.replace(v_stat=stat, v_count=count, v_stat_acc=state.v_stat_acc + stat,
+                          v_count_acc=state.v_count_acc + count, count=state.count + 1)
+    wsum = jnp.maximum(jnp.sum(zs.w), 1.0)
+    if hparams.task == "regression":
+        loss = jnp.sum(zs.w[:, None] * (zs.y - zs.P) ** 2) / (wsum * zs.P.shape[1])
+    else:
+        loss = -jnp.sum(zs.w * module_a.probit_log_lik(zs.P, zs.VP, zs.y, state.v)) / wsum
+    return state, {"loss": loss, "v": state.v, "zstats": zs}
+
+
+def forward_moments(state: TdampState, x: jax.Array, plug_in: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Moment propagation (spec 6): mean and variance ``(n, K)`` of ``z_L`` for inputs ``x (n, N_0)``.
+
+    ``plug_in=True`` propagates the posterior-mean network (``W_hat, b_hat``, plain ReLU); the
+    variance is then that of the last layer given deterministic inputs.
+    """
+    dtype = state.v.dtype
+    lo, hi = bounds(dtype)
+    U, TU = jnp.asarray(x, dtype), None
+    L = len(state.layers)
+    P = VP = None
+    for l, lay in enumerate(state.layers):
+        P, VP, _ = module_a.forward_layer(lay, U, TU, jnp.zeros((), dtype))
+        if l < L - 1:
+            if plug_in:
+                U, TU = jnp.maximum(P, 0.0), None
+            else:
+                U, TU = relu_posterior(P, VP, jnp.zeros_like(P), jnp.full_like(P, hi))[2:]
+    return P, VP
+
+
+def predict(state: TdampState, x: jax.Array, plug_in: bool = False, task: str | None = None):
+    """Predictive distribution (spec 6).
+
+    Parameters
+    ----------
+    state: trained state; x: ``(n, N_0)`` inputs.
+    plug_in: use the posterior-mean network instead of moment propagation.
+    task: ``"regression"`` or ``"classification"``; default: regression if the output width is 1,
+        else classification is *not* guessed -- pass it explicitly for K > 1 regression.
+
+    Returns
+    -------
+    Regression: ``(mean, var)`` each ``(n, K)``, ``var = Var[z_L] + v``.
+    Classification: ``probs (n, K)``, ``p(c) propto prod_{i != c} Phi((E z_c - E z_i)/sqrt(v + Var z_c +
+    Var z_i))`` normalized over c.
+    """
+    P, VP = forward_moments(state, x, plug_in)
+    if task is None:
+        task = "regression" if P.shape[1] == 1 else "classification"
+    if task == "regression":
+        return P, VP + state.v
+    K = P.shape[1]
+    n = P.shape[0]
+    logits = jnp.stack([module_a.probit_log_lik(P, VP, jnp.full((n,), c, jnp.int32), state.v)
+                        for c in range(K)], axis=1)
+    return jax.nn.softmax(logits, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("hparams",))
+def epoch(state: TdampState, xs: jax.Array, ys: jax.Array, ws: jax.Array | None, hparams: TdampHParams
+          ) -> tuple[TdampState, dict]:
+    """One pass over stacked minibatches with ``lax.scan``: E-step + PasP + M-step per minibatch.
+
+    Parameters
+    ----------
+    xs: ``(n_batches, B, N_0)``; ys: ``(n_batches, B, K)`` or ``(n_batches, B)``; ws:
+    ``(n_batches, B)`` row weights or None.
+
+    Returns the final state and per-minibatch metrics ``{"loss", "v"}`` of shape ``(n_batches,)``.
+    The per-epoch parts (v schedule ``"epoch"``, pruning, evidence reset) are not applied here.
+    """
+    from emtdamp import em
+
+    if ws is None:
+        ws = jnp.ones(xs.shape[:2], state.v.dtype)
+
+    def body(s, batch):
+        x, y, w = batch
+        s, info = step(s, x, y, hparams, w)
+        s = em.m_step(s, hparams, info["zstats"])
+        return s, {"loss": info["loss"], "v": s.v}
+
+    return jax.lax.scan(body, state, (xs, ys, ws))
+
+
+__all__ = ["LayerState", "ZStats", "damp_minibatch", "epoch", "forward_moments", "pasp", "predict", "step"]
