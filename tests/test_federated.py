@@ -1,5 +1,6 @@
 """Federated runner: vmapped clients vs a Python loop, padding, aggregation invariances, sharding."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -88,18 +89,132 @@ def test_sharded_round_equals_single_device_round():
         from emtdamp.methods import ModelSpec
         assert len(jax.devices()) == 4, jax.devices()
         data = load("boston")
-        fm = get_fed_method("fedavg")
-        hp = fm.hparams_cls(n_clients=6, partition="iid")
-        server = fm.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec, hp, 16)
-        cd = iid(data.x_train, data.y_train, 6, seed=0)
-        args = [jnp.asarray(a) for a in (cd.x, cd.y, cd.mask, cd.counts)]
-        key = jax.random.PRNGKey(2)
-        one, _ = make_round_fn(fm, 6, devices=jax.devices()[:1])(server, key, *args)
-        four, _ = make_round_fn(fm, 6, devices=jax.devices())(server, key, *args)
-        for u, v in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)):
-            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+        for name in ("fedavg", "emtdamp_fed"):
+            fm = get_fed_method(name)
+            hp = fm.hparams_cls(n_clients=6, partition="iid")
+            server = fm.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec, hp, 16)
+            cd = iid(data.x_train, data.y_train, 6, seed=0)
+            args = [jnp.asarray(a) for a in (cd.x, cd.y, cd.mask, cd.counts)]
+            key = jax.random.PRNGKey(2)
+            one, _ = make_round_fn(fm, 6, devices=jax.devices()[:1])(server, key, *args)
+            four, _ = make_round_fn(fm, 6, devices=jax.devices())(server, key, *args)
+            for u, v in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)):
+                np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-6)
         print("SHARDED_OK")
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "SHARDED_OK" in out.stdout, out.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- EM-TDAMP federated (emtdamp_fed)
+
+def test_emtdamp_fed_one_client_round_equals_a_centralized_tdamp_pass(x64):
+    """K = 1 holding all data: the server posterior after one round is the centralized TDAMP pass's
+    (same minibatch order, v held fixed during the pass), and the server v is the closed form on the
+    pass's summed z_L statistics."""
+    from emtdamp import em, tdamp
+    from emtdamp.methods.emtdamp_method import tdamp_hparams
+
+    data = load("boston")
+    fm = get_fed_method("emtdamp_fed")
+    hp = fm.hparams_cls(n_clients=1, partition="iid", sigma0_sq=0.01)
+    server = fm.init(jax.random.PRNGKey(0), ModelSpec((16,)), data.spec, hp, 32)
+    cd = iid(data.x_train.astype(np.float64), data.y_train.astype(np.float64), 1, seed=0)
+    X, Y, M, C = map(jnp.asarray, (cd.x, cd.y, cd.mask, cd.counts))
+    key = jax.random.PRNGKey(4)
+    new, sel = make_round_fn(fm, 1, devices=jax.devices()[:1])(server, key, X, Y, M, C)
+    # the same pass, centralized: identical minibatch order (the client's local key)
+    k_loc = jax.random.split(jax.random.split(key)[1], 1)[0]
+    e_key = jax.random.split(k_loc, 1)[0]
+    idx, w = local_batches(e_key, M[0], 32)
+    local = dataclasses.replace(tdamp_hparams(hp, "regression", "float64"), v_update="fixed", rho_mode="group")
+    one_step = jax.jit(lambda s, xb, yb, wb: em.m_step(tdamp.step(s, xb, yb, local, wb)[0], local))
+    st = server
+    for i, wb in zip(np.asarray(idx), np.asarray(w), strict=True):
+        if wb.sum() > 0:
+            st = one_step(st, X[0][i], Y[0][i], jnp.asarray(wb))
+    for a, b in zip(new.layers, st.layers, strict=True):
+        np.testing.assert_allclose(a.mu0, b.mu0, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a.s0, b.s0, rtol=1e-10)
+        np.testing.assert_allclose(a.b0, b.b0, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a.vb0, b.vb0, rtol=1e-10)
+        np.testing.assert_allclose(a.rho, em.rho_group(b.rho, b.mask, hp.rho_clip), rtol=1e-10)
+    np.testing.assert_allclose(new.v, st.v_stat_acc / st.v_count_acc, rtol=1e-10)
+
+
+def _fed_setup(rule, n=3):
+    data = load("boston")
+    fm = get_fed_method("emtdamp_fed")
+    hp = fm.hparams_cls(n_clients=n, partition="iid", aggregation=rule, sigma0_sq=0.01)
+    server = fm.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec, hp, 32)
+    cd = iid(data.x_train, data.y_train, n, seed=0)
+    return fm, server, cd
+
+
+def test_emtdamp_fed_aggregation_of_identical_posteriors_and_client_order():
+    fm, server, cd = _fed_setup("geometric")
+    local = jax.jit(fm.client_update)(server, *map(jnp.asarray, (cd.x[0], cd.y[0], cd.mask[0])), jax.random.PRNGKey(1))
+    same = jax.tree_util.tree_map(lambda a: jnp.stack([a] * 4), local)
+    agg = fm.aggregate(server, same, jnp.asarray([10.0, 20.0, 30.0, 40.0]))
+    for a, b in zip(agg.layers, local.layers, strict=True):
+        np.testing.assert_allclose(a.mu0, b.mu0, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.s0, b.s0, rtol=1e-5)
+        np.testing.assert_allclose(a.rho, b.rho, rtol=1e-5)
+    for rule in ("geometric", "product", "tempered"):
+        fm, server, cd = _fed_setup(rule)
+        keys = jax.random.split(jax.random.PRNGKey(2), 3)
+        upd = jax.jit(fm.client_update)
+        msgs = [upd(server, *map(jnp.asarray, (cd.x[k], cd.y[k], cd.mask[k])), keys[k]) for k in range(3)]
+        w = jnp.asarray(cd.counts, jnp.float32)
+        a = fm.aggregate(server, jax.tree_util.tree_map(lambda *z: jnp.stack(z), *msgs), w)
+        perm = np.array([2, 0, 1])
+        b = fm.aggregate(server, jax.tree_util.tree_map(lambda *z: jnp.stack(z), *[msgs[p] for p in perm]), w[perm])
+        _leaves_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_aggregation_rules_against_numpy_natural_parameters():
+    from emtdamp.methods.emtdamp_fed import aggregate_gaussian
+
+    rng = np.random.default_rng(0)
+    m, v = rng.normal(size=(3, 5)), rng.uniform(0.5, 2.0, size=(3, 5))
+    pm, pv = rng.normal(size=5), rng.uniform(3.0, 4.0, size=5)
+    w = np.array([1.0, 2.0, 5.0])
+    gm, gv = aggregate_gaussian(jnp.asarray(m), jnp.asarray(v), jnp.asarray(pm), jnp.asarray(pv), jnp.asarray(w),
+                                "geometric")
+    c = w / w.sum()
+    lam = (c[:, None] / v).sum(0)
+    np.testing.assert_allclose(gv, 1 / lam, rtol=1e-5)
+    np.testing.assert_allclose(gm, (c[:, None] * m / v).sum(0) / lam, rtol=1e-5)
+    xm, xv = aggregate_gaussian(jnp.asarray(m), jnp.asarray(v), jnp.asarray(pm), jnp.asarray(pv), jnp.asarray(w),
+                                "product")
+    lam = (1 / v).sum(0) - 2 / pv  # product of 3 likelihood-times-prior terms over the prior counted twice
+    np.testing.assert_allclose(xv, 1 / lam, rtol=1e-5)
+    np.testing.assert_allclose(xm, ((m / v).sum(0) - 2 * pm / pv) / lam, rtol=1e-5)
+    # tempered: prior + step * K * weighted mean of the local natural-parameter updates
+    for step, ref in ((1 / 3, "geometric"), (0.3, None)):
+        tm, tv = aggregate_gaussian(jnp.asarray(m), jnp.asarray(v), jnp.asarray(pm), jnp.asarray(pv),
+                                    jnp.asarray(w), "tempered", step)
+        lam = 1 / pv + step * 3 * (c[:, None] * (1 / v - 1 / pv)).sum(0)
+        eta = pm / pv + step * 3 * (c[:, None] * (m / v - pm / pv)).sum(0)
+        np.testing.assert_allclose(tv, 1 / lam, rtol=1e-5)
+        np.testing.assert_allclose(tm, eta / lam, rtol=1e-5)
+        if ref == "geometric":  # step = 1/K with the weights: same as the weighted geometric mean
+            np.testing.assert_allclose(tv, gv, rtol=1e-5)
+            np.testing.assert_allclose(tm, gm, rtol=1e-5)
+
+
+def test_emtdamp_fed_vmapped_round_matches_loop_and_padding_changes_nothing():
+    fm, server, cd = _fed_setup("geometric")
+    X, Y, M, C = map(jnp.asarray, (cd.x, cd.y, cd.mask, cd.counts))
+    key = jax.random.PRNGKey(9)
+    new, sel = make_round_fn(fm, 3, devices=jax.devices()[:1])(server, key, X, Y, M, C)
+    _leaves_close(new, python_loop_round(fm, server, key, X, Y, M, C, np.asarray(sel)), rtol=1e-4, atol=1e-6)
+    x, y, m = cd.x[1], cd.y[1], cd.mask[1]
+    xp = np.concatenate([x, 7 * np.ones((20, x.shape[1]), x.dtype)])
+    yp = np.concatenate([y, 7 * np.ones((20, 1), y.dtype)])
+    mp = np.concatenate([m, np.zeros(20, m.dtype)])
+    upd = jax.jit(fm.client_update)
+    a = upd(server, jnp.asarray(x), jnp.asarray(y), jnp.asarray(m), key)
+    b = upd(server, jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mp), key)
+    _leaves_close(a, b, rtol=1e-5, atol=1e-6)
