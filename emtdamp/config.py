@@ -124,6 +124,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string: accept numeric text
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -236,6 +241,12 @@ def from_dict(raw: dict, name: str = "config") -> Config:
         raise ConfigError(f"model.hidden: widths must be >= 1, got {list(model.hidden)}")
     method = _build_method(raw.get("method"))
     train = build_dataclass(TrainConfig, raw.get("train"), "train", _RANGES, _CHOICES)
+    check = getattr(method.hparams, "check_train", None)  # optional cross-field check of a method
+    if callable(check):
+        try:
+            check(train)
+        except ValueError as e:
+            raise ConfigError(f"method: {e}") from None
     output = build_dataclass(OutputConfig, raw.get("output"), "output", _RANGES)
     sweep = None
     if raw.get("sweep") is not None:
@@ -323,6 +334,16 @@ def to_dict(cfg: Config) -> dict:
     return out
 
 
+def _short(v: Any) -> str:
+    """Compact label for a swept value: a whole block shows as ``name(key=value,...)``."""
+    if isinstance(v, dict):
+        rest = ",".join(f"{k}={_short(x)}" for k, x in v.items() if k != "name")
+        return f"{v.get('name', '')}({rest})" if "name" in v else "{" + rest + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(_short(x) for x in v) + "]"
+    return str(v)
+
+
 def expand_sweep(raw: dict, name: str = "config") -> list[tuple[str, Config]]:
     """Expand a raw config's ``sweep:`` block into ``(run_label, Config)`` pairs (grid x seeds).
 
@@ -345,7 +366,7 @@ def expand_sweep(raw: dict, name: str = "config") -> list[tuple[str, Config]]:
             label = []
             for k, v in zip(keys, combo, strict=True):
                 r = set_path(r, k.split("."), v)
-                label.append(f"{k}={v}")
+                label.append(f"{k}={_short(v)}")
             if seed is not None:
                 r = set_path(r, ["train", "seed"], seed)
                 label.append(f"train.seed={seed}")

@@ -43,6 +43,10 @@ def test_override_parsing():
     assert C.parse_override("train.seed=3") == (["train", "seed"], 3)
     assert C.parse_override("method.name=sgd") == (["method", "name"], "sgd")
     assert C.parse_override("output.dir=null") == (["output", "dir"], None)
+    # YAML 1.1 reads 1e-4 as text; float fields accept it, other fields still reject it
+    assert C.from_dict(C.apply_overrides(BASE, ["method.learning_rate=1e-4"])).method.hparams.learning_rate == 1e-4
+    with pytest.raises(C.ConfigError, match="train.epochs: expected an integer, got '1e3'"):
+        C.from_dict(C.apply_overrides(BASE, ["train.epochs=1e3"]))
     with pytest.raises(C.ConfigError, match="expected KEY.PATH=VALUE"):
         C.parse_override("train.seed")
     with pytest.raises(C.ConfigError, match="malformed key path"):
@@ -65,8 +69,9 @@ def test_sweep_expands_grid_times_seeds():
     # whole method blocks can be swept when methods take different hyperparameters
     raw = {**BASE, "sweep": {"grid": {"method": [{"name": "adam", "learning_rate": 0.01},
                                                  {"name": "sgd", "momentum": 0.5}]}}}
-    a, s = (c for _, c in C.expand_sweep(raw))
+    (la, a), (ls, s) = C.expand_sweep(raw)
     assert a.method.hparams.learning_rate == 0.01 and s.method.hparams.momentum == 0.5
+    assert la == "method=adam(learning_rate=0.01)" and ls == "method=sgd(momentum=0.5)"
     with pytest.raises(C.ConfigError, match="sweep.grid.foo.bar: key paths start with one of"):
         C.from_dict({**BASE, "sweep": {"grid": {"foo.bar": [1]}}})
 
@@ -77,3 +82,8 @@ def test_shipped_configs_validate():
         runs = C.expand_sweep(raw, path.stem)
         assert runs, path
         assert C.to_dict(runs[0][1])["method"]["name"] == runs[0][1].method.name
+
+
+def test_method_cross_field_check_reaches_the_user():
+    with pytest.raises(C.ConfigError, match=r"method: warm_up=50 >= train.epochs=10: EM and pruning would never run"):
+        C.from_dict({"data": {"name": "boston"}, "method": {"name": "em_mcmc", "warm_up": 50}, "train": {"epochs": 10}})
