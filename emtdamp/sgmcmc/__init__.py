@@ -1,0 +1,81 @@
+"""Stochastic-gradient MCMC: SGLD / SGHMC kernels, the SSGL prior with stochastic-approximation
+latent updates (SGLD-SA / SGHMC-SA, Deng et al. 2019), magnitude pruning and sample collection.
+
+All functions are pure over pytree states; see the submodules:
+
+- :mod:`emtdamp.sgmcmc.kernels`: gradient estimator, schedules, SGLD/SGHMC integrators and samplers;
+- :mod:`emtdamp.sgmcmc.ssgl`: SSGL prior penalty and the SA updates of ``ρ, κ, δ, σ`` with ``ω_k``;
+- :mod:`emtdamp.sgmcmc.pruning`: ``s_k = S(1 − D^{k/U})`` magnitude pruning, ρ-based pruning;
+- :mod:`emtdamp.sgmcmc.samples`: thinned-sample ring buffer and running moments.
+"""
+
+from emtdamp.sgmcmc.kernels import (
+    PolynomialSchedule,
+    SampleInfo,
+    SamplingAlgorithm,
+    SGHMCState,
+    SGLDState,
+    grad_estimator,
+    minibatch_energy,
+    polynomial_schedule,
+    schedule_value,
+    sghmc,
+    sghmc_init,
+    sghmc_noise_std,
+    sghmc_step,
+    sghmc_update,
+    sgld,
+    sgld_init,
+    sgld_step,
+    sgld_update,
+)
+from emtdamp.sgmcmc.pruning import (
+    PruneSchedule,
+    apply_masks,
+    inflated_target,
+    magnitude_mask,
+    prune_fraction,
+    prune_schedule,
+    rho_mask,
+    zero_fraction,
+)
+from emtdamp.sgmcmc.samples import (
+    SampleBuffer,
+    buffer_init,
+    buffer_update,
+    buffer_weights,
+    posterior_mean,
+    posterior_var,
+    ring_samples,
+)
+from emtdamp.sgmcmc.ssgl import (
+    OmegaSchedule,
+    SSGLHyper,
+    SSGLLatents,
+    delta_target,
+    init_latents,
+    omega_schedule,
+    omega_value,
+    rho_tilde,
+    sa_rho,
+    sa_update,
+    sigma_coefficients,
+    sigma_root,
+    ssgl_hyper,
+    ssgl_penalty,
+    update_delta,
+    update_kappa,
+    update_sigma2,
+)
+
+__all__ = [
+    "OmegaSchedule", "PolynomialSchedule", "PruneSchedule", "SGHMCState", "SGLDState", "SSGLHyper",
+    "SSGLLatents", "SampleBuffer", "SampleInfo", "SamplingAlgorithm", "apply_masks", "buffer_init",
+    "buffer_update", "buffer_weights", "delta_target", "grad_estimator", "inflated_target", "init_latents",
+    "magnitude_mask", "minibatch_energy", "omega_schedule", "omega_value", "polynomial_schedule",
+    "posterior_mean", "posterior_var", "prune_fraction", "prune_schedule", "rho_mask", "rho_tilde",
+    "ring_samples", "sa_rho", "sa_update", "schedule_value", "sghmc", "sghmc_init", "sghmc_noise_std",
+    "sghmc_step", "sghmc_update", "sgld", "sgld_init", "sgld_step", "sgld_update", "sigma_coefficients",
+    "sigma_root", "ssgl_hyper", "ssgl_penalty", "update_delta", "update_kappa", "update_sigma2",
+    "zero_fraction",
+]

@@ -1,0 +1,236 @@
+"""Plain SGLD and SGHMC as pure ``init`` / ``step`` pairs over pytree states.
+
+The gradient *estimator* (minibatch log-likelihood rescaled to the data size, plus the log prior)
+is separate from the *integrators* (one Langevin / Hamiltonian update given a gradient), as in
+BlackJAX. Every quantity a schedule or sweep changes -- step size, inverse temperature, friction --
+is an array in the state, so a change never recompiles and a sweep over them is one ``vmap``.
+
+Conventions (spec ``baselines.md`` A.3 / C)
+-------------------------------------------
+- Energy ``U(θ) = -(N / Σ_i w_i) Σ_i w_i log p(y_i | x_i, θ) - log p(θ)`` ("sum scale"); rows with
+  ``w_i = 0`` (padding) contribute nothing.
+- ``inv_temp`` is the *inverse* temperature: the chain targets ``exp(-inv_temp · U)``
+  (the paper's "temperature τ = 1000" is ``inv_temp = 1000``, a cold chain).
+- SGLD:  ``θ ← θ − ε g + sqrt(2 ε / inv_temp) ξ``.
+- SGHMC (SGD-momentum form of Chen et al. 2014 with noise estimate ``B̂ = ε/2``, the reference
+  code's parametrisation): ``v ← m v − ε g + sqrt((2 ε (1 − m) − ε²) / inv_temp) ξ``,
+  ``θ ← θ + v``; ``m = 1 − friction`` and ``ε/2 < 1 − m`` is required (the noise variance is
+  clipped at 0 otherwise).
+- Step-size schedule ``ε_k = a (b + k)^(−γ)`` with ``k`` the number of steps already taken
+  (``a``, ``b``, ``γ`` arrays); ``γ = 0`` gives a constant step.
+- Annealing: ``inv_temp ← inv_temp · anneal_rate`` after every step (1 = off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+# --------------------------------------------------------------------------------------------------
+# gradient estimator
+# --------------------------------------------------------------------------------------------------
+def minibatch_energy(loglik_fn: Callable[[PyTree, Any], jax.Array],
+                     logprior_fn: Callable[[PyTree], jax.Array] | None,
+                     n_data: int | jax.Array) -> Callable[[PyTree, Any], jax.Array]:
+    """Unbiased minibatch estimate of the energy ``U(θ) = −N·mean log-lik − log prior``.
+
+    Parameters
+    ----------
+    loglik_fn:
+        ``loglik_fn(params, batch) -> (B,)`` per-row log-likelihood.
+    logprior_fn:
+        ``logprior_fn(params) -> ()`` log prior density (up to a constant), or None (flat).
+    n_data:
+        Training-set size ``N`` used to rescale the minibatch.
+
+    Returns
+    -------
+    ``energy(params, batch) -> ()``. ``batch`` may carry row weights ``w (B,)`` (attribute ``w``);
+    the rescaling uses ``N / Σ w`` so padding rows (``w = 0``) contribute nothing.
+    """
+
+    def energy(params: PyTree, batch: Any) -> jax.Array:
+        ll = loglik_fn(params, batch)
+        w = getattr(batch, "w", None)
+        if w is None:
+            w = jnp.ones_like(ll)
+        scale = jnp.asarray(n_data, ll.dtype) / jnp.maximum(jnp.sum(w), 1.0)
+        u = -scale * jnp.sum(w * ll)
+        if logprior_fn is not None:
+            u = u - logprior_fn(params)
+        return u
+
+    return energy
+
+
+def grad_estimator(loglik_fn: Callable[[PyTree, Any], jax.Array],
+                   logprior_fn: Callable[[PyTree], jax.Array] | None,
+                   n_data: int | jax.Array) -> Callable[[PyTree, Any], tuple[jax.Array, PyTree]]:
+    """``(params, batch) -> (energy estimate, ∇ energy estimate)``; see :func:`minibatch_energy`."""
+    return jax.value_and_grad(minibatch_energy(loglik_fn, logprior_fn, n_data))
+
+
+# --------------------------------------------------------------------------------------------------
+# schedules
+# --------------------------------------------------------------------------------------------------
+@chex.dataclass
+class PolynomialSchedule:
+    """``ε_k = a (b + k)^(−γ)``: three scalar arrays (``γ = 0``: constant ``a``)."""
+
+    a: jax.Array
+    b: jax.Array
+    gamma: jax.Array
+
+
+def polynomial_schedule(a: float, b: float = 1.0, gamma: float = 0.0, dtype=None) -> PolynomialSchedule:
+    """Build a :class:`PolynomialSchedule` of arrays (``dtype`` defaults to the JAX float)."""
+    dtype = dtype or jnp.asarray(1.0).dtype
+    return PolynomialSchedule(a=jnp.asarray(a, dtype), b=jnp.asarray(b, dtype),
+                              gamma=jnp.asarray(gamma, dtype))
+
+
+def schedule_value(s: PolynomialSchedule, count: jax.Array) -> jax.Array:
+    """Value of the schedule at step ``count`` (number of steps already taken)."""
+    k = jnp.asarray(count, s.a.dtype)
+    return s.a * (s.b + k) ** (-s.gamma)
+
+
+# --------------------------------------------------------------------------------------------------
+# integrators (one update given a gradient)
+# --------------------------------------------------------------------------------------------------
+def _normal_like(key: jax.Array, tree: PyTree) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)])
+
+
+def sgld_update(key: jax.Array, position: PyTree, grad: PyTree, step_size: jax.Array,
+                inv_temp: jax.Array) -> PyTree:
+    """One SGLD move ``θ − ε g + sqrt(2ε / inv_temp) ξ`` (leaf-wise, shapes preserved)."""
+    noise = _normal_like(key, position)
+    return jax.tree_util.tree_map(
+        lambda x, g, z: x - (step_size * g).astype(x.dtype)
+        + (jnp.sqrt(2.0 * step_size / inv_temp) * z).astype(x.dtype),
+        position, grad, noise)
+
+
+def sghmc_noise_std(step_size: jax.Array, momentum_decay: jax.Array, inv_temp: jax.Array) -> jax.Array:
+    """``sqrt(max(2ε(1 − m) − ε², 0) / inv_temp)``: SGHMC injected-noise std (``B̂ = ε/2``)."""
+    var = 2.0 * step_size * (1.0 - momentum_decay) - step_size ** 2
+    return jnp.sqrt(jnp.maximum(var, 0.0) / inv_temp)
+
+
+def sghmc_update(key: jax.Array, position: PyTree, momentum: PyTree, grad: PyTree, step_size: jax.Array,
+                 momentum_decay: jax.Array, inv_temp: jax.Array) -> tuple[PyTree, PyTree]:
+    """One SGHMC move: ``v ← m v − ε g + std·ξ``, ``θ ← θ + v``; returns ``(position, momentum)``."""
+    noise = _normal_like(key, position)
+    std = sghmc_noise_std(step_size, momentum_decay, inv_temp)
+    momentum = jax.tree_util.tree_map(
+        lambda v, g, z: (momentum_decay * v - step_size * g + std * z).astype(v.dtype), momentum, grad, noise)
+    position = jax.tree_util.tree_map(lambda x, v: x + v, position, momentum)
+    return position, momentum
+
+
+# --------------------------------------------------------------------------------------------------
+# top-level samplers: pure init / step over a pytree state
+# --------------------------------------------------------------------------------------------------
+@chex.dataclass
+class SGLDState:
+    """SGLD chain state: position pytree, step count, step-size schedule, (inverse) temperature."""
+
+    position: PyTree
+    count: jax.Array
+    schedule: PolynomialSchedule
+    inv_temp: jax.Array
+    anneal_rate: jax.Array
+
+
+@chex.dataclass
+class SGHMCState:
+    """SGHMC chain state: SGLD's fields plus the momentum pytree and ``momentum_decay = 1 − friction``."""
+
+    position: PyTree
+    momentum: PyTree
+    count: jax.Array
+    schedule: PolynomialSchedule
+    inv_temp: jax.Array
+    anneal_rate: jax.Array
+    momentum_decay: jax.Array
+
+
+class SampleInfo(NamedTuple):
+    """Per-step diagnostics: energy estimate and the step size used."""
+
+    energy: jax.Array
+    step_size: jax.Array
+
+
+class SamplingAlgorithm(NamedTuple):
+    """``init(position, ...) -> state`` and ``step(key, state, batch) -> (state, info)``."""
+
+    init: Callable[..., Any]
+    step: Callable[..., tuple[Any, SampleInfo]]
+
+
+def _dtype_of(position: PyTree):
+    leaves = jax.tree_util.tree_leaves(position)
+    return leaves[0].dtype if leaves else jnp.asarray(1.0).dtype
+
+
+def sgld_init(position: PyTree, schedule: PolynomialSchedule, inv_temp: float | jax.Array = 1.0,
+              anneal_rate: float | jax.Array = 1.0) -> SGLDState:
+    """Initial :class:`SGLDState` (``count = 0``)."""
+    dt = _dtype_of(position)
+    return SGLDState(position=position, count=jnp.asarray(0, jnp.int32), schedule=schedule,
+                     inv_temp=jnp.asarray(inv_temp, dt), anneal_rate=jnp.asarray(anneal_rate, dt))
+
+
+def sgld_step(key: jax.Array, state: SGLDState, batch: Any,
+              grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]]) -> tuple[SGLDState, SampleInfo]:
+    """One SGLD iteration with gradient estimator ``grad_fn`` (see :func:`grad_estimator`)."""
+    energy, g = grad_fn(state.position, batch)
+    eps = schedule_value(state.schedule, state.count)
+    pos = sgld_update(key, state.position, g, eps, state.inv_temp)
+    new = state.replace(position=pos, count=state.count + 1, inv_temp=state.inv_temp * state.anneal_rate)
+    return new, SampleInfo(energy=energy, step_size=eps)
+
+
+def sghmc_init(position: PyTree, schedule: PolynomialSchedule, momentum_decay: float | jax.Array = 0.9,
+               inv_temp: float | jax.Array = 1.0, anneal_rate: float | jax.Array = 1.0) -> SGHMCState:
+    """Initial :class:`SGHMCState` with zero momentum."""
+    dt = _dtype_of(position)
+    return SGHMCState(position=position, momentum=jax.tree_util.tree_map(jnp.zeros_like, position),
+                      count=jnp.asarray(0, jnp.int32), schedule=schedule, inv_temp=jnp.asarray(inv_temp, dt),
+                      anneal_rate=jnp.asarray(anneal_rate, dt),
+                      momentum_decay=jnp.asarray(momentum_decay, dt))
+
+
+def sghmc_step(key: jax.Array, state: SGHMCState, batch: Any,
+               grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]]) -> tuple[SGHMCState, SampleInfo]:
+    """One SGHMC iteration with gradient estimator ``grad_fn``."""
+    energy, g = grad_fn(state.position, batch)
+    eps = schedule_value(state.schedule, state.count)
+    pos, mom = sghmc_update(key, state.position, state.momentum, g, eps, state.momentum_decay, state.inv_temp)
+    new = state.replace(position=pos, momentum=mom, count=state.count + 1,
+                        inv_temp=state.inv_temp * state.anneal_rate)
+    return new, SampleInfo(energy=energy, step_size=eps)
+
+
+def sgld(grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]]) -> SamplingAlgorithm:
+    """SGLD as ``SamplingAlgorithm(init, step)`` with ``step(key, state, batch)``."""
+    return SamplingAlgorithm(init=sgld_init,
+                             step=lambda key, state, batch: sgld_step(key, state, batch, grad_fn))
+
+
+def sghmc(grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]]) -> SamplingAlgorithm:
+    """SGHMC as ``SamplingAlgorithm(init, step)`` with ``step(key, state, batch)``."""
+    return SamplingAlgorithm(init=sghmc_init,
+                             step=lambda key, state, batch: sghmc_step(key, state, batch, grad_fn))

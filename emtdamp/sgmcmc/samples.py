@@ -1,0 +1,113 @@
+"""Thinned posterior samples kept inside the (jittable) sampler state.
+
+Two accumulators, both static-shape pytrees so ``predict(state, x)`` stays pure:
+
+- a ring buffer of the last ``size`` thinned samples (for predictive averages through a nonlinear
+  network): leaves of shape ``(size + 1, *leaf.shape)``; the extra slot is a scratch slot written
+  when a step is not collected, so every step does one in-place ``dynamic_update_index`` (no
+  ``cond``, and it stays cheap under ``vmap``);
+- running sums of ``θ`` and ``θ²`` over *all* collected samples (posterior mean and marginal
+  variance of the parameters, e.g. regression coefficients).
+
+A step with iteration number ``k`` (steps taken so far, counted after the step) is collected when
+``k > burn_in`` and ``(k − burn_in) % thin == 0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+@chex.dataclass
+class SampleBuffer:
+    """Ring buffer of thinned samples plus running first/second moments.
+
+    Attributes
+    ----------
+    samples: pytree of ``(size + 1, *shape)`` leaves (slot ``size`` is scratch).
+    n_collected: int scalar, samples collected so far (may exceed ``size``).
+    burn_in, thin: int scalars (arrays, so a sweep can vary them).
+    sum1, sum2: pytrees like the position: running ``Σ θ`` and ``Σ θ²`` over collected samples.
+    """
+
+    samples: PyTree
+    n_collected: jax.Array
+    burn_in: jax.Array
+    thin: jax.Array
+    sum1: PyTree
+    sum2: PyTree
+
+
+def buffer_init(position: PyTree, size: int, burn_in: int | jax.Array = 0,
+                thin: int | jax.Array = 1) -> SampleBuffer:
+    """Empty buffer for ``size`` samples of ``position``'s structure (``size`` is static)."""
+    if size < 1:
+        raise ValueError(f"sample buffer size must be >= 1, got {size}")
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, position)
+    return SampleBuffer(
+        samples=jax.tree_util.tree_map(lambda x: jnp.zeros((size + 1, *x.shape), x.dtype), position),
+        n_collected=jnp.asarray(0, jnp.int32), burn_in=jnp.asarray(burn_in, jnp.int32),
+        thin=jnp.asarray(thin, jnp.int32), sum1=zeros, sum2=jax.tree_util.tree_map(jnp.zeros_like, position))
+
+
+def buffer_size(buf: SampleBuffer) -> int:
+    """Number of ring slots (static)."""
+    return jax.tree_util.tree_leaves(buf.samples)[0].shape[0] - 1
+
+
+def should_collect(buf: SampleBuffer, count: jax.Array) -> jax.Array:
+    """Whether iteration ``count`` (steps taken, after the step) is a kept, thinned sample."""
+    count = jnp.asarray(count, jnp.int32)
+    after = count - buf.burn_in
+    return (after > 0) & (jnp.mod(after, jnp.maximum(buf.thin, 1)) == 0)
+
+
+def buffer_update(buf: SampleBuffer, position: PyTree, count: jax.Array) -> SampleBuffer:
+    """Record ``position`` if iteration ``count`` is collected (pure; static shapes)."""
+    size = buffer_size(buf)
+    take = should_collect(buf, count)
+    slot = jnp.where(take, jnp.mod(buf.n_collected, size), size)
+    samples = jax.tree_util.tree_map(
+        lambda s, x: jax.lax.dynamic_update_index_in_dim(s, x.astype(s.dtype), slot, 0),
+        buf.samples, position)
+    f = take.astype(jax.tree_util.tree_leaves(position)[0].dtype)
+    sum1 = jax.tree_util.tree_map(lambda a, x: a + f * x, buf.sum1, position)
+    sum2 = jax.tree_util.tree_map(lambda a, x: a + f * x * x, buf.sum2, position)
+    return buf.replace(samples=samples, n_collected=buf.n_collected + take.astype(jnp.int32),
+                       sum1=sum1, sum2=sum2)
+
+
+def buffer_weights(buf: SampleBuffer) -> jax.Array:
+    """``(size,)`` averaging weights of the ring slots (uniform over filled slots; zeros if empty)."""
+    size = buffer_size(buf)
+    filled = jnp.arange(size) < jnp.minimum(buf.n_collected, size)
+    dt = jax.tree_util.tree_leaves(buf.sum1)[0].dtype
+    return filled.astype(dt) / jnp.maximum(jnp.sum(filled), 1).astype(dt)
+
+
+def ring_samples(buf: SampleBuffer) -> PyTree:
+    """The ``size`` ring slots (leaves ``(size, *shape)``), scratch slot dropped."""
+    return jax.tree_util.tree_map(lambda s: s[:-1], buf.samples)
+
+
+def posterior_mean(buf: SampleBuffer, fallback: PyTree | None = None) -> PyTree:
+    """Running posterior mean ``Σθ / n``; ``fallback`` (e.g. the current θ) while nothing is collected."""
+    n = buf.n_collected
+    out = jax.tree_util.tree_map(lambda a: a / jnp.maximum(n, 1).astype(a.dtype), buf.sum1)
+    if fallback is None:
+        return out
+    return jax.tree_util.tree_map(lambda m, x: jnp.where(n > 0, m, x), out, fallback)
+
+
+def posterior_var(buf: SampleBuffer) -> PyTree:
+    """Running marginal variance ``Σθ²/n − (Σθ/n)²`` (clipped at 0)."""
+    n = jnp.maximum(buf.n_collected, 1)
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.maximum(b / n.astype(b.dtype) - (a / n.astype(a.dtype)) ** 2, 0.0),
+        buf.sum1, buf.sum2)

@@ -1,0 +1,226 @@
+"""SSGL (spike-and-slab Gaussian-Laplace) prior and its stochastic-approximation (SA) updates.
+
+Spec ``baselines.md`` A.1 / A.3 (Deng, Zhang, Liang, Lin 2019). Per weight ``j`` of sparse layer ``l``::
+
+    β_lj | σ², γ_lj ~ γ_lj N(0, σ² v1) + (1 − γ_lj) Laplace(0, scale σ v0)
+    σ² ~ InvGamma(ν/2, νλ/2),  γ_lj | δ_l ~ Bernoulli(δ_l),  δ_l ~ Beta(a_l, b_l)
+
+Latents (E-step "expectations"): ``ρ = E[γ]`` (slab probability), ``κ0 = (1 − ρ)/v0`` (adaptive L1
+weight), ``κ1 = ρ / v1`` (adaptive L2 weight), ``δ`` per layer, ``σ²`` shared.
+The sparse leaves are passed as a list ``xs`` of arrays (one per sparse layer); ``ρ, κ0, κ1`` are
+lists of arrays of the same shapes, ``δ, a, b`` arrays of shape ``(L,)``.
+
+Every update below is a separate pure function ``latents -> latents`` so that "sample β" and
+"update latents" compose as in Algorithm 1; :func:`sa_update` chains steps 4-7 in the reference
+code's order (``ρ̃`` uses the old ``δ, σ``; ``κ`` and ``δ`` use the new ``ρ``; ``σ`` uses the new ``κ``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+@chex.dataclass
+class SSGLHyper:
+    """Fixed hyperparameters of the SSGL prior (all arrays; ``a``, ``b`` per sparse layer ``(L,)``).
+
+    ``scale_by_sigma``: 1 = paper (components ``N(0, σ² v1)``, ``Laplace(0, σ v0)`` in ``ρ̃``),
+    0 = UCI/CIFAR code (unscaled ``N(0, v1)``, ``Laplace(0, v0)``). ``sa_on_sigma``: 1 = SA on ``σ``
+    (paper), 0 = SA on ``σ²`` (code, default). ``learn_delta`` / ``learn_sigma``: 0 freezes ``δ`` /
+    ``σ`` (the README advice for DNNs), 1 updates them.
+    """
+
+    v0: jax.Array
+    v1: jax.Array
+    a: jax.Array
+    b: jax.Array
+    nu: jax.Array
+    lam: jax.Array
+    scale_by_sigma: jax.Array
+    sa_on_sigma: jax.Array
+    learn_delta: jax.Array
+    learn_sigma: jax.Array
+
+
+@chex.dataclass
+class SSGLLatents:
+    """SA-updated latents: lists ``rho, kappa0, kappa1`` (like ``xs``), ``delta (L,)``, ``sigma2 ()``."""
+
+    rho: list
+    kappa0: list
+    kappa1: list
+    delta: jax.Array
+    sigma2: jax.Array
+
+
+def ssgl_hyper(n_layers: int, *, v0: float = 0.1, v1: float = 10.0, a: float | tuple[float, ...] = 1.0,
+               b: float | tuple[float, ...] = 1.0, nu: float = 1.0, lam: float = 1.0,
+               scale_by_sigma: bool = True, sa_on_sigma: bool = False, learn_delta: bool = True,
+               learn_sigma: bool = True, dtype=None) -> SSGLHyper:
+    """Build :class:`SSGLHyper`; ``a``, ``b`` may be scalars or one value per sparse layer (e.g. ``p_l``)."""
+    dtype = dtype or jnp.asarray(1.0).dtype
+    f = lambda v: jnp.asarray(v, dtype)
+    return SSGLHyper(v0=f(v0), v1=f(v1), a=jnp.broadcast_to(f(a), (n_layers,)),
+                     b=jnp.broadcast_to(f(b), (n_layers,)), nu=f(nu), lam=f(lam),
+                     scale_by_sigma=f(float(scale_by_sigma)), sa_on_sigma=f(float(sa_on_sigma)),
+                     learn_delta=f(float(learn_delta)), learn_sigma=f(float(learn_sigma)))
+
+
+def init_latents(xs: list, *, rho: float = 0.5, kappa0: float = 1.0, kappa1: float = 1.0,
+                 delta: float = 0.5, sigma: float = 1.0) -> SSGLLatents:
+    """Constant initial latents shaped like the sparse leaves ``xs`` (dtype of ``xs``)."""
+    dt = xs[0].dtype
+    full = lambda v: [jnp.full(x.shape, v, x.dtype) for x in xs]
+    return SSGLLatents(rho=full(rho), kappa0=full(kappa0), kappa1=full(kappa1),
+                       delta=jnp.full((len(xs),), delta, dt), sigma2=jnp.asarray(sigma, dt) ** 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# prior penalty (the part of −Q1 that depends on β)
+# --------------------------------------------------------------------------------------------------
+def ssgl_penalty(xs: list, lat: SSGLLatents) -> jax.Array:
+    """``Σ κ1 β² / (2σ²) + κ0 |β| / σ`` over the sparse leaves (subgradient ``sign(β)``, 0 at 0).
+
+    Returns a scalar; ``jax.grad`` of it w.r.t. ``xs`` gives ``κ1 β / σ² + κ0 sign(β) / σ``.
+    """
+    s2 = lat.sigma2
+    s = jnp.sqrt(s2)
+    tot = 0.0
+    for x, k0, k1 in zip(xs, lat.kappa0, lat.kappa1, strict=True):
+        tot = tot + jnp.sum(k1 * x * x) / (2.0 * s2) + jnp.sum(k0 * jnp.sign(x) * x) / s
+    return tot
+
+
+# --------------------------------------------------------------------------------------------------
+# SA steps 4-7 (each pure)
+# --------------------------------------------------------------------------------------------------
+def rho_tilde(xs: list, delta: jax.Array, sigma2: jax.Array, hyper: SSGLHyper) -> list:
+    """E-step (step 4): ``ρ̃ = sigmoid(la − lb)`` computed in log space, per weight.
+
+    ``la = log N(β; 0, σ² v1) + log δ_l``, ``lb = log Laplace(β; 0, σ v0) + log(1 − δ_l)``
+    (without the σ factors when ``hyper.scale_by_sigma == 0``).
+    """
+    sig = jnp.where(hyper.scale_by_sigma > 0, jnp.sqrt(sigma2), 1.0)
+    var1 = sig ** 2 * hyper.v1
+    scale0 = sig * hyper.v0
+    out = []
+    for i, x in enumerate(xs):
+        la = -0.5 * jnp.log(2.0 * math.pi * var1) - x * x / (2.0 * var1) + jnp.log(delta[i])
+        lb = -jnp.log(2.0 * scale0) - jnp.abs(x) / scale0 + jnp.log1p(-delta[i])
+        out.append(jax.nn.sigmoid(la - lb).astype(x.dtype))
+    return out
+
+
+def sa_rho(rho: list, rho_t: list, omega: jax.Array) -> list:
+    """Step 4 (SA): ``ρ ← (1 − ω) ρ + ω ρ̃``."""
+    return [(1.0 - omega) * r + omega * t for r, t in zip(rho, rho_t, strict=True)]
+
+
+def update_kappa(kappa0: list, kappa1: list, rho: list, omega: jax.Array,
+                 hyper: SSGLHyper) -> tuple[list, list]:
+    """Step 5: ``κ0 ← (1−ω) κ0 + ω (1−ρ)/v0``, ``κ1 ← (1−ω) κ1 + ω ρ/v1`` (with the new ``ρ``)."""
+    k0 = [(1.0 - omega) * k + omega * (1.0 - r) / hyper.v0 for k, r in zip(kappa0, rho, strict=True)]
+    k1 = [(1.0 - omega) * k + omega * r / hyper.v1 for k, r in zip(kappa1, rho, strict=True)]
+    return k0, k1
+
+
+def delta_target(rho: list, hyper: SSGLHyper) -> jax.Array:
+    """M-step value of ``δ_l``: ``(Σ_j ρ_lj + a_l − 1) / (a_l + b_l + p_l − 2)``, shape ``(L,)``."""
+    sums = jnp.stack([jnp.sum(r) for r in rho])
+    p = jnp.asarray([r.size for r in rho], sums.dtype)
+    return (sums + hyper.a - 1.0) / (hyper.a + hyper.b + p - 2.0)
+
+
+def update_delta(delta: jax.Array, rho: list, omega: jax.Array, hyper: SSGLHyper) -> jax.Array:
+    """Step 6: ``δ ← (1 − ω) δ + ω δ*`` (``ω`` times ``hyper.learn_delta``)."""
+    w = omega * hyper.learn_delta
+    return (1.0 - w) * delta + w * delta_target(rho, hyper)
+
+
+def sigma_root(ra: jax.Array, rb: jax.Array, rc: jax.Array) -> jax.Array:
+    """Unique positive root of ``Ra σ² − Rb σ − Rc = 0``: ``(Rb + sqrt(Rb² + 4 Ra Rc)) / (2 Ra)``."""
+    return (rb + jnp.sqrt(rb * rb + 4.0 * ra * rc)) / (2.0 * ra)
+
+
+def sigma_coefficients(xs: list, kappa0: list, kappa1: list, hyper: SSGLHyper, *,
+                       n_obs: float | jax.Array | None = None,
+                       rss: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(Ra, Rb, Rc)`` of step 7.
+
+    ``Rb = Σ κ0 |β|``, ``J = Σ κ1 β²``. Regression (``rss`` given: the rescaled residual sum
+    ``(N/n) Σ_{i∈B} (y_i − ψ(x_i))²``, ``n_obs = N``): ``Ra = N + p_X + ν``, ``Rc = rss + J + νλ``.
+    Classification (``rss`` None): ``Ra = p_X + ν + 2``, ``Rc = J + νλ``.
+    """
+    rb = sum(jnp.sum(k * jnp.abs(x)) for x, k in zip(xs, kappa0, strict=True))
+    jj = sum(jnp.sum(k * x * x) for x, k in zip(xs, kappa1, strict=True))
+    p_x = float(sum(x.size for x in xs))
+    if rss is None:
+        ra = p_x + hyper.nu + 2.0
+        rc = jj + hyper.nu * hyper.lam
+    else:
+        ra = n_obs + p_x + hyper.nu
+        rc = rss + jj + hyper.nu * hyper.lam
+    return jnp.asarray(ra, rb.dtype), rb, rc
+
+
+def update_sigma2(sigma2: jax.Array, xs: list, kappa0: list, kappa1: list, omega: jax.Array, hyper: SSGLHyper,
+                  *, n_obs: float | jax.Array | None = None, rss: jax.Array | None = None) -> jax.Array:
+    """Step 7: ``σ̃`` from :func:`sigma_root`; SA on ``σ²`` (code) or on ``σ`` (paper, ``sa_on_sigma``)."""
+    ra, rb, rc = sigma_coefficients(xs, kappa0, kappa1, hyper, n_obs=n_obs, rss=rss)
+    st = sigma_root(ra, rb, rc)
+    w = omega * hyper.learn_sigma
+    on_s2 = (1.0 - w) * sigma2 + w * st * st
+    on_s = ((1.0 - w) * jnp.sqrt(sigma2) + w * st) ** 2
+    return jnp.where(hyper.sa_on_sigma > 0, on_s, on_s2).astype(sigma2.dtype)
+
+
+def sa_update(lat: SSGLLatents, xs: list, omega: jax.Array, hyper: SSGLHyper, *,
+              n_obs: float | jax.Array | None = None, rss: jax.Array | None = None) -> SSGLLatents:
+    """Steps 4-7 of Algorithm 1 at the new sample ``xs = β^{k+1}`` with SA step ``ω``.
+
+    ``ω = 0`` leaves every latent unchanged; ``ω = 1`` is the EM update (fixed point of the
+    E/M maps); regression passes ``rss`` and ``n_obs`` (see :func:`sigma_coefficients`).
+    """
+    rt = rho_tilde(xs, lat.delta, lat.sigma2, hyper)
+    rho = sa_rho(lat.rho, rt, omega)
+    k0, k1 = update_kappa(lat.kappa0, lat.kappa1, rho, omega, hyper)
+    delta = update_delta(lat.delta, rho, omega, hyper)
+    s2 = update_sigma2(lat.sigma2, xs, k0, k1, omega, hyper, n_obs=n_obs, rss=rss)
+    return lat.replace(rho=rho, kappa0=k0, kappa1=k1, delta=delta, sigma2=s2)
+
+
+# --------------------------------------------------------------------------------------------------
+# ω schedule
+# --------------------------------------------------------------------------------------------------
+@chex.dataclass
+class OmegaSchedule:
+    """``ω_k = min(cap, A (k + Z)^(−α))`` (arrays). EM: ``A = cap = 1, α = 0``; frozen: ``A = 0``."""
+
+    A: jax.Array
+    Z: jax.Array
+    alpha: jax.Array
+    cap: jax.Array
+
+
+def omega_schedule(mode: str = "sa", *, A: float = 1.0, Z: float = 100.0, alpha: float = 0.7,
+                   cap: float = 1.0, dtype=None) -> OmegaSchedule:
+    """``mode``: ``"sa"`` (the given ``A, Z, α, cap``), ``"em"`` (ω ≡ 1), ``"none"`` (ω ≡ 0)."""
+    dtype = dtype or jnp.asarray(1.0).dtype
+    if mode == "em":
+        A, alpha, cap = 1.0, 0.0, 1.0
+    elif mode == "none":
+        A = 0.0
+    elif mode != "sa":
+        raise ValueError(f"omega mode must be 'sa', 'em' or 'none', got {mode!r}")
+    f = lambda v: jnp.asarray(v, dtype)
+    return OmegaSchedule(A=f(A), Z=f(Z), alpha=f(alpha), cap=f(cap))
+
+
+def omega_value(s: OmegaSchedule, count: jax.Array) -> jax.Array:
+    """``ω_k`` at iteration ``k = count``."""
+    k = jnp.asarray(count, s.A.dtype)
+    return jnp.minimum(s.cap, s.A * (k + s.Z) ** (-s.alpha))
