@@ -41,10 +41,17 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _storable(x):
+    """Typed PRNG keys are stored as their raw key data (restored by :func:`load_checkpoint`)."""
+    if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(x))
+    return np.asarray(x)
+
+
 def save_checkpoint(path: Path, state) -> None:
     """Save the leaves of ``state`` (any pytree) to ``path`` (.npz), atomically."""
     leaves = jax.tree_util.tree_leaves(state)
-    arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays = {f"leaf_{i:05d}": _storable(x) for i, x in enumerate(leaves)}
     _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
 
@@ -56,11 +63,14 @@ def load_checkpoint(path: Path, like):
     if len(stored) != len(leaves):
         raise ValueError(f"checkpoint {path} has {len(stored)} arrays but the method's state has {len(leaves)}; "
                          "was it written by a different method or network?")
+    out = []
     for i, (a, b) in enumerate(zip(stored, leaves, strict=True)):
-        if np.shape(a) != np.shape(b):
-            raise ValueError(f"checkpoint {path}: array {i} has shape {np.shape(a)}, the state expects "
-                             f"{np.shape(b)}")
-    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(a) for a in stored])
+        typed_key = hasattr(b, "dtype") and jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key)
+        want = _storable(b).shape if typed_key else np.shape(b)
+        if np.shape(a) != want:
+            raise ValueError(f"checkpoint {path}: array {i} has shape {np.shape(a)}, the state expects {want}")
+        out.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(b)) if typed_key else jax.numpy.asarray(a))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def default_run_dir(cfg: cfgmod.Config) -> Path:

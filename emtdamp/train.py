@@ -133,6 +133,8 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
     key = jax.random.PRNGKey(seed)
     init_key, loop_key = jax.random.split(key)
     state = method.init(init_key, model, data.spec, hparams)
+    # the epoch function donates the state: give every leaf its own buffer (init may alias arrays)
+    state = jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state)
     epoch_fn = make_epoch_fn(method, bs)
     end_epoch = jax.jit(method.end_epoch) if method.end_epoch is not None else None
 

@@ -171,3 +171,27 @@ def test_metrics_against_hand_computed_values():
     assert c["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.8])))
     # bins of width 1/15: 0.9, 0.6, 0.8 fall in separate bins -> ECE = mean |acc - conf|
     assert expected_calibration_error(probs, labels) == pytest.approx((0.1 + 0.6 + 0.2) / 3)
+
+
+def test_checkpoint_round_trips_typed_prng_keys(tmp_path):
+    st = {"key": jax.random.key(3), "a": jnp.arange(3.0)}
+    save_checkpoint(tmp_path / "c.npz", st)
+    back = load_checkpoint(tmp_path / "c.npz", st)
+    np.testing.assert_array_equal(jax.random.key_data(back["key"]), jax.random.key_data(st["key"]))
+    np.testing.assert_array_equal(back["a"], st["a"])
+
+
+def test_loop_tolerates_a_state_whose_leaves_share_one_buffer():
+    """The epoch function donates the state; an init returning one array twice must still work."""
+    import dataclasses
+
+    m = get_method("adam")
+
+    def aliasing_init(key, model, spec, hp):
+        st = m.init(key, model, spec, hp)
+        return st.replace(noise_var=st.learning_rate)  # two leaves, one buffer
+
+    shared = dataclasses.replace(m, init=aliasing_init)
+    data = load("boston")
+    res = train(shared, m.hparams_cls(), ModelSpec((4,)), data, epochs=2, batch_size=64, progress=False)
+    assert np.isfinite(res.test["rmse"])
