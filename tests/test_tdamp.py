@@ -296,3 +296,39 @@ def test_no_nan_after_50_epochs_float32(name, subset, hp_kwargs):
         # kept share after the ramp: ceil(0.5 * 64) hidden groups, ceil(0.5 * 13) input groups
         assert res.sparsity["group_density_l1"] <= 0.5 + 1e-9
         assert res.sparsity["neurons_pruned_frac"] >= 0.5 - 1e-9
+
+
+def test_pasp_stabilized_forgetting(x64):
+    """PasP with lambda_f < 1 = geometric mixture posterior^lf x N(0, sigma0^2)^(1-lf) in natural parameters
+    (NumPy transcription), lambda_f = 1 copies the slab posterior exactly, and a weight whose slab posterior
+    equals its prior (no evidence) relaxes to the initial prior instead of growing by 1/lf per minibatch."""
+    hp = TdampHParams(sigma0_sq=0.0, gamma=0.1, sigmab0_sq=2.0, lambda_f=0.9, dtype="float64")
+    st = tdamp.init(jax.random.PRNGKey(0), (3, 4, 1), hp)
+    rng = np.random.default_rng(0)
+    layers = [lay.replace(slab_m=jnp.asarray(rng.normal(size=lay.W.shape)),
+                          slab_v=jnp.asarray(rng.uniform(1e-4, 1.0, lay.W.shape)),
+                          b=jnp.asarray(rng.normal(size=lay.b.shape)),
+                          vb=jnp.asarray(rng.uniform(1e-4, 1.0, lay.b.shape))) for lay in st.layers]
+    st = st.replace(layers=layers)
+    out = tdamp.pasp(st, hp)
+    for lay, new in zip(st.layers, out.layers, strict=True):
+        sm, sv, b, vb = (np.asarray(a) for a in (lay.slab_m, lay.slab_v, lay.b, lay.vb))
+        s_init = 0.1 / lay.W.shape[0]
+        prec = 0.9 / sv + 0.1 / s_init
+        np.testing.assert_allclose(new.s0, 1.0 / prec, rtol=1e-12)
+        np.testing.assert_allclose(new.mu0, (0.9 * sm / sv) / prec, rtol=1e-12)
+        precb = 0.9 / vb + 0.1 / 2.0
+        np.testing.assert_allclose(new.vb0, 1.0 / precb, rtol=1e-12)
+        np.testing.assert_allclose(new.b0, (0.9 * b / vb) / precb, rtol=1e-12)
+    plain = tdamp.pasp(st, dataclasses.replace(hp, lambda_f=1.0))
+    for lay, new in zip(st.layers, plain.layers, strict=True):
+        np.testing.assert_array_equal(new.mu0, lay.slab_m)
+        np.testing.assert_array_equal(new.s0, lay.slab_v)
+    # no evidence: posterior = prior each minibatch; 200 steps from a huge variance relax to sigma0^2
+    lay = st.layers[0].replace(slab_m=jnp.full((3, 4), 5.0), slab_v=jnp.full((3, 4), 1e6))
+    s = st.replace(layers=[lay, st.layers[1]])
+    for _ in range(200):
+        s = tdamp.pasp(s, hp)
+        s = s.replace(layers=[s.layers[0].replace(slab_m=s.layers[0].mu0, slab_v=s.layers[0].s0), s.layers[1]])
+    np.testing.assert_allclose(s.layers[0].s0, 0.1 / 3, rtol=1e-6)  # 0.9^200 ~ 7e-10 of the start remains
+    assert float(jnp.max(jnp.abs(s.layers[0].mu0))) < 1e-6

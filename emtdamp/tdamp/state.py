@@ -43,7 +43,9 @@ class TdampHParams:
     v_ema: smoothing of the v update, ``v <- v_ema * v + (1 - v_ema) * v_new`` (0 = plain EM).
     v_schedule: ``"minibatch"`` (streaming EM after every minibatch) or ``"epoch"`` (v from the
         statistics accumulated over the epoch, applied by :func:`emtdamp.em.end_epoch_v`).
-    lambda_f: PasP forgetting factor in (0, 1]: slab and bias prior variances are divided by it.
+    lambda_f: PasP forgetting factor in (0, 1]: after each minibatch the prior becomes
+        ``posterior^lambda_f x initial_prior^(1 - lambda_f)`` (stabilized forgetting towards
+        ``N(0, sigma0^2)``, ``N(0, sigmab0^2)``; see :func:`emtdamp.tdamp.pasp`). 1 = pure PasP.
     pasp: carry the posterior to the prior after each minibatch (spec section 2.6). ``False`` keeps
         the initial prior (used for full-batch EM-GAMP, e.g. sparse linear regression).
     sigma0_sq: initial slab variance; ``0.0`` means ``gamma / N_in`` per layer.
@@ -148,6 +150,11 @@ class TdampState:
     count: jax.Array
 
 
+def initial_slab_var(hparams: TdampHParams, n_in: int) -> float:
+    """Initial slab variance of a layer with fan-in ``n_in``: ``sigma0_sq``, or ``gamma / n_in`` when it is 0."""
+    return hparams.sigma0_sq if hparams.sigma0_sq > 0 else hparams.gamma / n_in
+
+
 def init(key: jax.Array, layer_sizes: Sequence[int], hparams: TdampHParams,
          params: list[dict] | None = None) -> TdampState:
     """Initial state (spec section 2.5).
@@ -171,8 +178,7 @@ def init(key: jax.Array, layer_sizes: Sequence[int], hparams: TdampHParams,
         b = jnp.asarray(p["bias"], dtype)
         if W.shape != (n_in, n_out) or b.shape != (n_out,):
             raise ValueError(f"params kernel {W.shape} / bias {b.shape} do not match layer {n_in}->{n_out}")
-        s0 = hparams.sigma0_sq if hparams.sigma0_sq > 0 else hparams.gamma / n_in
-        s0 = jnp.full((n_in, n_out), s0, dtype)
+        s0 = jnp.full((n_in, n_out), initial_slab_var(hparams, n_in), dtype)
         vb0 = jnp.full((n_out,), hparams.sigmab0_sq, dtype)
         cp = lambda a: jnp.array(a, copy=True)  # distinct buffers: training loops may donate the state
         layers.append(LayerState(W=cp(W), VW=cp(s0), mu0=cp(W), s0=s0, slab_m=cp(W), slab_v=cp(s0), b=cp(b),

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from emtdamp.gaussian import bounds, clip_var, relu_posterior
 from emtdamp.tdamp import module_a, module_b
-from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState
+from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, initial_slab_var
 
 
 class ZStats(NamedTuple):
@@ -108,11 +108,39 @@ def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdamp
 
 
 def pasp(state: TdampState, hparams: TdampHParams) -> TdampState:
-    """Posterior-as-prior (spec 2.6): slab prior <- slab posterior, bias prior <- bias posterior,
-    variances divided by the forgetting factor ``lambda_f``."""
+    """Posterior-as-prior (spec 2.6) with stabilized forgetting.
+
+    ``lambda_f = 1`` (default): slab prior <- slab posterior, bias prior <- bias posterior, exactly.
+
+    ``lambda_f < 1``: the new prior is the geometric mixture ``posterior^lambda_f x prior_0^(1 - lambda_f)``
+    of the posterior and the *initial* zero-mean prior ``N(0, sigma0^2)`` (``N(0, sigmab0^2)`` for
+    biases), i.e. in natural parameters::
+
+        1/s0 = lambda_f / slab_v + (1 - lambda_f) / sigma0^2,   mu0 = s0 lambda_f slab_m / slab_v
+
+    (stabilized forgetting, Kulhavy & Zarrop 1993). The spec's plain division ``s0 = slab_v / lambda_f``
+    (the tempered PasP of Lucibello et al.) has the same effect on well-determined weights but lets the
+    prior variance of a weight that receives no evidence grow by ``1/lambda_f`` per minibatch up to the
+    clip (1e8): the incoming weights of a pruned or switched-off hidden unit then give that unit a
+    forward variance ~1e8, which leaks into the output variance through the tiny ``V_W`` of its
+    (masked) outgoing row and drowns the output messages ``T_S = 1/(V_P + v)``. Here such weights
+    relax to the initial prior instead. The stationary prior precision is ``1/sigma0^2`` plus
+    ``1/(1 - lambda_f)`` minibatches of evidence, so ``lambda_f = 1 - B/n`` keeps about one epoch of
+    data in the prior (instead of the ever-growing ``epochs x n`` rows of pure PasP, which freezes the
+    weights; see docs/emtdamp.md section 9).
+    """
     lf = hparams.lambda_f
-    layers = [lay.replace(mu0=lay.slab_m, s0=clip_var(lay.slab_v / lf), b0=lay.b, vb0=clip_var(lay.vb / lf))
-              for lay in state.layers]
+    if lf == 1.0:
+        layers = [lay.replace(mu0=lay.slab_m, s0=clip_var(lay.slab_v), b0=lay.b, vb0=clip_var(lay.vb))
+                  for lay in state.layers]
+        return state.replace(layers=layers)
+    layers = []
+    for lay in state.layers:
+        s_init = initial_slab_var(hparams, lay.W.shape[0])
+        prec = clip_var(lf / lay.slab_v + (1.0 - lf) / s_init)
+        precb = clip_var(lf / lay.vb + (1.0 - lf) / hparams.sigmab0_sq)
+        layers.append(lay.replace(mu0=(lf / lay.slab_v) * lay.slab_m / prec, s0=clip_var(1.0 / prec),
+                                  b0=(lf / lay.vb) * lay.b / precb, vb0=clip_var(1.0 / precb)))
     return state.replace(layers=layers)
 
 
