@@ -48,7 +48,7 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, j
     return idx, w
 
 
-def make_epoch_fn(method: Method, batch_size: int) -> Callable:
+def make_epoch_fn(method: Method, batch_size: int, jit: bool = True) -> Callable:
     """``epoch(state, key, x, y) -> (state, mean_loss)``: one jitted, scanned pass over the data."""
 
     def epoch(state, key, x, y):
@@ -62,7 +62,7 @@ def make_epoch_fn(method: Method, batch_size: int) -> Callable:
         state, (losses, counts) = jax.lax.scan(body, state, (idx, w))
         return state, jnp.sum(losses * counts) / jnp.sum(counts)
 
-    return jax.jit(epoch, donate_argnums=(0,))
+    return jax.jit(epoch, donate_argnums=(0,)) if jit else epoch
 
 
 def predict_in_chunks(method: Method, state, x: np.ndarray, chunk: int = 2048) -> Predictive:
@@ -174,3 +174,50 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
     return TrainResult(state=state, history=history, test=test, sparsity=default_sparsity(method, state),
                        time={"total_s": total, "per_epoch_s": float(np.median(epoch_times)) if epoch_times else 0.0,
                              "compile_s": compile_s})
+
+
+def train_seeds(method: Method, hparams, model: ModelSpec, data: Dataset, *, seeds: list[int], epochs: int,
+                batch_size: int, dtype: str = "float32", curve: bool = False) -> tuple[list[dict], dict]:
+    """Train one model per seed *in one vmapped program* (states stacked on a leading seed axis).
+
+    Each seed's run equals ``train(..., seed=s)`` up to float reassociation: same init key, same
+    per-epoch keys. Returns the per-seed final test metrics (with ``curve=True`` also each seed's
+    per-epoch test metrics under ``"curve"``, evaluated outside the timed epochs) and timings
+    (``per_epoch_s`` is for all seeds together). Raises whatever ``vmap`` raises when a method's
+    ``init`` or ``step`` is not vmappable; callers fall back to :func:`train` per seed.
+    """
+    ctx = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    with ctx:
+        npdt = np.float64 if dtype == "float64" else np.float32
+        x = jnp.asarray(data.x_train.astype(npdt))
+        y = jnp.asarray(data.y_train.astype(npdt) if data.spec.task == "regression" else data.y_train)
+        bs = min(batch_size, len(data.x_train))
+        keys = jnp.stack([jax.random.split(jax.random.PRNGKey(s)) for s in seeds])  # (S, 2, 2)
+        states = jax.vmap(lambda k: method.init(k, model, data.spec, hparams))(keys[:, 0])
+        epoch = jax.jit(jax.vmap(make_epoch_fn(method, bs, jit=False), in_axes=(0, 0, None, None)))
+        end = jax.jit(jax.vmap(method.end_epoch, in_axes=(0, None))) if method.end_epoch is not None else None
+        t0 = time.perf_counter()
+        ek = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+        compiled = epoch.lower(states, ek(keys[:, 1], 1), x, y).compile()
+        compile_s = time.perf_counter() - t0
+        times, curves = [], [[] for _ in seeds]
+        seed_state = lambda i: jax.tree_util.tree_map(lambda a: a[i], states)
+        for ep in range(1, epochs + 1):
+            te = time.perf_counter()
+            states, _ = compiled(states, ek(keys[:, 1], ep), x, y)
+            if end is not None:
+                states = end(states, jnp.asarray(ep))
+            jax.block_until_ready(states)
+            times.append(time.perf_counter() - te)
+            if curve and ep < epochs:
+                for i in range(len(seeds)):
+                    curves[i].append(evaluate(method, seed_state(i), data))
+        results = []
+        for i in range(len(seeds)):
+            st = seed_state(i)
+            check_finite(st, epochs)
+            test = evaluate(method, st, data)
+            results.append({"test": test, "sparsity": default_sparsity(method, st),
+                            **({"curve": [*curves[i], test]} if curve else {})})
+    return results, {"per_epoch_s": float(np.median(times)), "compile_s": compile_s,
+                     "total_s": float(np.sum(times))}

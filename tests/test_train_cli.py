@@ -195,3 +195,16 @@ def test_loop_tolerates_a_state_whose_leaves_share_one_buffer():
     data = load("boston")
     res = train(shared, m.hparams_cls(), ModelSpec((4,)), data, epochs=2, batch_size=64, progress=False)
     assert np.isfinite(res.test["rmse"])
+
+
+def test_vmapped_seeds_equal_separate_runs():
+    from emtdamp.train import train_seeds
+
+    data = load("boston")
+    m = get_method("adam")
+    hp = m.hparams_cls(learning_rate=0.01)
+    res, _ = train_seeds(m, hp, ModelSpec((8,)), data, seeds=[0, 3], epochs=3, batch_size=64)
+    for seed, r in zip([0, 3], res, strict=True):
+        one = train(m, hp, ModelSpec((8,)), data, epochs=3, batch_size=64, seed=seed, progress=False)
+        assert r["test"]["rmse"] == pytest.approx(one.test["rmse"], rel=1e-4)
+    assert res[0]["test"]["rmse"] != res[1]["test"]["rmse"]
