@@ -21,6 +21,7 @@ lint: install
 	$(PYTHON) -m ruff check emtdamp tests scripts
 
 bench: install
+	$(PYTHON) scripts/benchmark.py
 	$(PYTHON) scripts/bench_tdamp.py
 
 # Full Fashion-MNIST (70,000 IDX images) from Debian's package, for configs/*fashion_mnist*.yaml.

@@ -14,7 +14,9 @@ from emtdamp.train import train
 def _boston_hparams(name: str):
     """The method block for ``name`` from a shipped Boston config, if one names it."""
     for path in ("configs/emtdamp_boston.yaml", "configs/sghmc_sa_boston.yaml", "configs/boston.yaml"):
-        for _, cfg in C.expand_sweep(C.read_yaml(path), "h"):
+        raw = C.read_yaml(path)
+        base = C.from_dict({k: v for k, v in raw.items() if k != "sweep"}, "h")  # the config's own run first
+        for cfg in [base, *(c for _, c in C.expand_sweep(raw, "h"))]:
             if cfg.method.name == name:
                 return cfg.method.hparams
     return get_method(name).hparams_cls()
