@@ -58,6 +58,17 @@ def test_regression_data_with_nan_inf_or_bad_lengths_is_rejected_clearly(xy):
     assert np.isfinite(d.x_train).all() and np.isfinite(d.y_train).all()
 
 
+@pytest.mark.parametrize("big", [1e160, -1e200, 1e300])  # squares overflow float64 (~1.8e308)
+def test_huge_values_are_reported_not_trained_on(big):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), rng.normal(size=20)
+    x[4, 1] = big
+    with pytest.raises(DataError, match=r"overflow \(values too large to standardise"):
+        make_regression("fuzz", x, y, x, y)
+    with pytest.raises(DataError, match=r"overflow \(values too large to standardise"):
+        make_regression("fuzz", x[:, :1] * 0 + rng.normal(size=(20, 1)), y * big, x[:, :1], y)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(-5, 15), min_size=1, max_size=20))
 def test_labels_out_of_range_are_rejected(labels):

@@ -77,6 +77,17 @@ def validate_arrays(name: str, x: np.ndarray, y: np.ndarray, task: str, n_classe
         raise DataError(f"dataset {name!r}: task must be 'regression' or 'classification', got {task!r}")
 
 
+def _check_stats(name: str, **stats: np.ndarray) -> None:
+    """Standardisation statistics that overflow (a column whose squares exceed float64, ~1e154) would
+    silently zero that column: report it instead."""
+    for what, a in stats.items():
+        a = np.asarray(a, np.float64)
+        if not np.isfinite(a).all():
+            cols = np.flatnonzero(~np.isfinite(a.reshape(-1)))
+            raise DataError(f"dataset {name!r}: {what} of column(s) {cols.tolist()} overflow (values too large to "
+                            "standardise, |x| above ~1e154); rescale the raw data first")
+
+
 def make_regression(name: str, x_tr, y_tr, x_te, y_te, info: dict | None = None,
                     standardize_x: bool = True) -> Dataset:
     """Validate, standardise features and targets with *train* statistics, and pack a Dataset."""
@@ -89,12 +100,16 @@ def make_regression(name: str, x_tr, y_tr, x_te, y_te, info: dict | None = None,
         raise DataError(f"dataset {name!r}: train has {x_tr.shape[1]} features, test {x_te.shape[1]}")
     info = dict(info or {})
     if standardize_x:
-        mx, sx = x_tr.mean(0), x_tr.std(0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mx, sx = x_tr.mean(0), x_tr.std(0)
+        _check_stats(name, **{"feature mean": mx, "feature sd": sx})
         sx = np.where(sx > 0, sx, 1.0)
         x_tr, x_te = (x_tr - mx) / sx, (x_te - mx) / sx
         info["x_transform"] = {"mean": mx, "std": sx}  # raw features -> model inputs (used by predict)
-    my, sy = y_tr.mean(0), y_tr.std(0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        my, sy = y_tr.mean(0), y_tr.std(0)
     sy = np.where(sy > 0, sy, 1.0)
+    _check_stats(name, **{"target mean": my, "target sd": sy})
     spec = DataSpec(task="regression", n_features=x_tr.shape[1], n_outputs=y_tr.shape[1], n_train=len(x_tr))
     return Dataset(name=name, x_train=x_tr.astype(np.float32), y_train=((y_tr - my) / sy).astype(np.float32),
                    x_test=x_te.astype(np.float32), y_test=((y_te - my) / sy).astype(np.float32), spec=spec,
