@@ -37,9 +37,13 @@ class DataConfig:
 class ModelConfig:
     hidden: tuple[int, ...] = (64,)
     activation: str = "relu"
+    kind: str = "mlp"  # "cnn": conv layers first (image data only), see emtdamp.cnn
+    conv: tuple[int, ...] = (32, 64)  # output channels of the conv layers (kind: cnn)
+    kernel_size: int = 3  # conv kernels are kernel_size x kernel_size (kind: cnn)
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(hidden=tuple(self.hidden), activation=self.activation)
+        return ModelSpec(hidden=tuple(self.hidden), activation=self.activation, kind=self.kind,
+                         conv=tuple(self.conv), kernel_size=self.kernel_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +91,10 @@ class Config:
 _RANGES = {
     "train.epochs": (1, 10_000_000), "train.batch_size": (1, 10_000_000), "train.seed": (0, 2**31 - 1),
     "train.eval_every": (1, 10_000_000), "output.checkpoint_every": (1, 10_000_000), "data.seed": (0, 2**31 - 1),
+    "model.kernel_size": (1, 64),
 }
-_CHOICES = {"train.dtype": ("float32", "float64"), "model.activation": ("relu", "tanh", "gelu", "sigmoid")}
+_CHOICES = {"train.dtype": ("float32", "float64"), "model.activation": ("relu", "tanh", "gelu", "sigmoid"),
+            "model.kind": ("mlp", "cnn")}
 _BLOCKS = ("data", "model", "method", "train", "output", "sweep")
 
 
@@ -239,6 +245,11 @@ def from_dict(raw: dict, name: str = "config") -> Config:
     model = build_dataclass(ModelConfig, raw.get("model"), "model", _RANGES, _CHOICES)
     if any(h < 1 for h in model.hidden):
         raise ConfigError(f"model.hidden: widths must be >= 1, got {list(model.hidden)}")
+    if any(c < 1 for c in model.conv):
+        raise ConfigError(f"model.conv: channel counts must be >= 1, got {list(model.conv)}")
+    if model.kind == "cnn" and not model.conv:
+        raise ConfigError("model.conv: model.kind=cnn needs at least one conv layer, e.g. model.conv=[32,64] "
+                          "(or use model.kind=mlp)")
     method = _build_method(raw.get("method"))
     train = build_dataclass(TrainConfig, raw.get("train"), "train", _RANGES, _CHOICES)
     check = getattr(method.hparams, "check_train", None)  # optional cross-field check of a method

@@ -23,6 +23,14 @@ def activation_fn(name: str):
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
+def require_mlp(model, method: str) -> None:
+    """Raise ValueError unless ``model.kind`` (a ModelSpec) is ``"mlp"``: for methods without a CNN."""
+    kind = getattr(model, "kind", "mlp")
+    if kind != "mlp":
+        raise ValueError(f"method {method} supports model.kind=mlp only (got model.kind={kind!r}); "
+                         "set model.kind=mlp, or use adam, sgd or em_mcmc for a CNN")
+
+
 def init_mlp(key: jax.Array, layer_sizes: Sequence[int], dtype=jnp.float32) -> list[dict]:
     """He/LeCun-normal kernels ``N(0, 1/N_{l-1})`` and zero biases for sizes ``(d_in, ..., d_out)``."""
     params = []

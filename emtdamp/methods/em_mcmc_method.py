@@ -13,11 +13,19 @@ default ``steps_per_epoch: 0`` it is measured in ``end_epoch`` after the first e
 the step size is the peak ``c2_peak`` and no EM can happen anyway, since EM needs ``epoch > warm_up``).
 ``cycle_epochs`` (cosine cycle length in epochs) replaces the reference's ``(epochs, M)`` pair:
 set it to ``epochs / M``.
+
+``model.kind: cnn`` (:mod:`emtdamp.cnn`): the flax CNN params are grouped by
+:func:`~emtdamp.em_mcmc.flax_group_spec` (conv kernels: E-step groups = single ``k x k`` kernels,
+pruning families = input then output channels by range, spec B.4; dense kernels as for the MLP).
+The CNN is not physically compacted: ``sparsity`` reports ``params_remaining`` from the keep masks
+(unmasked kernel entries plus all biases) and ``neurons_pruned_frac`` over the primary (input-channel
+/ input-unit) families.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import chex
 import jax
@@ -25,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emtdamp import mlp
-from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_mcmc_step, make_hyper, mlp_group_spec
+from emtdamp.cnn import build_network, kernels
+from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_mcmc_step, flax_group_spec, make_hyper
+from emtdamp.em_mcmc.groups import weight_mask
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
 
 
@@ -76,15 +85,15 @@ class EMMCMCHParams:
 class EMMCMCMethodState:
     """Params (the current sample), optimiser state, residual-variance estimate, step count."""
 
-    params: list
+    params: Any  # MLP: list of {"kernel", "bias"}; CNN: flax params dict
     opt: EMMCMCState
     noise_var: jax.Array
     count: jax.Array
 
 
-def _loss_fn(params, batch: Batch, task: str, activation: str, loss_scale: float = 1.0):
+def _loss_fn(apply_fn, params, batch: Batch, task: str, loss_scale: float = 1.0):
     """Minibatch mean loss (padding rows weighted out) and the unscaled data loss."""
-    out = mlp.apply(params, batch.x, activation)
+    out = apply_fn(params, batch.x)
     wsum = jnp.maximum(batch.w.sum(), 1.0)
     if task == "regression":
         per_row = jnp.mean((out - batch.y) ** 2, axis=-1)
@@ -98,12 +107,12 @@ def build_em_mcmc() -> Method:
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: EMMCMCHParams) -> EMMCMCMethodState:
-        sizes = model.layer_sizes(data)
+        init_fn, apply_fn = build_network(model, data)
         k_p, k_o = jax.random.split(key)
-        params = mlp.init_mlp(k_p, sizes)
-        params = [{"kernel": p["kernel"] * hp.init_scale, "bias": p["bias"]} for p in params]
-        spec = mlp_group_spec(params)
-        dtype = params[0]["kernel"].dtype
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, v: v * hp.init_scale if getattr(path[-1], "key", None) == "kernel" else v, init_fn(k_p))
+        spec = flax_group_spec(params)  # = mlp_group_spec for an MLP
+        dtype = kernels(params)[0].dtype
         n = float(data.n_train)
         hyper = make_hyper(
             dtype, n_data=n, c2_peak=hp.c2_peak, cycle_epochs=hp.cycle_epochs, beta1=hp.beta1,
@@ -116,13 +125,13 @@ def build_em_mcmc() -> Method:
         opt = tx.init(params)
         lt = float(np.log(hp.theta0) - np.log1p(-hp.theta0))
         opt = opt._replace(logit_theta=jnp.asarray(lt, dtype))
-        cfg.update(task=data.task, activation=model.activation, spec=spec, loss_scale=hp.loss_scale)
+        cfg.update(task=data.task, apply=apply_fn, kind=model.kind, spec=spec, loss_scale=hp.loss_scale)
         return EMMCMCMethodState(params=params, opt=opt, noise_var=jnp.asarray(1.0, dtype),
                                  count=jnp.asarray(0, jnp.int32))
 
     def step(state: EMMCMCMethodState, batch: Batch):
-        (_, loss), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
-            state.params, batch, cfg["task"], cfg["activation"], cfg["loss_scale"])
+        (_, loss), grads = jax.value_and_grad(_loss_fn, argnums=1, has_aux=True)(
+            cfg["apply"], state.params, batch, cfg["task"], cfg["loss_scale"])
         params, opt = em_mcmc_step(cfg["spec"], grads, state.opt, state.params)
         noise_var = state.noise_var
         if cfg["task"] == "regression":
@@ -138,17 +147,22 @@ def build_em_mcmc() -> Method:
         return state.replace(opt=state.opt._replace(hyper=h._replace(steps_per_epoch=spe)))
 
     def predict(state: EMMCMCMethodState, x) -> Predictive:
-        out = mlp.apply(state.params, x, cfg["activation"])
+        out = cfg["apply"](state.params, x)
         if cfg["task"] == "regression":
             return Predictive(mean=out, var=jnp.broadcast_to(state.noise_var, out.shape))
         return Predictive(probs=jax.nn.softmax(out, axis=-1))
 
     def sparsity(state: EMMCMCMethodState) -> dict:
         pruned, total = count_groups(state.opt.keep)
-        zeros = sum(int(jnp.sum(p["kernel"] == 0)) for p in state.params)
-        n_w = sum(int(p["kernel"].size) for p in state.params)
-        small, _ = compact_mlp(state.params, state.opt.keep)  # the physically smaller network
-        remaining = sum(int(v.size) for layer in small for v in layer.values())
+        zeros = sum(int(jnp.sum(k == 0)) for k in kernels(state.params))
+        n_w = sum(int(k.size) for k in kernels(state.params))
+        if cfg["kind"] == "mlp":
+            small, _ = compact_mlp(state.params, state.opt.keep)  # the physically smaller network
+            remaining = sum(int(v.size) for layer in small for v in layer.values())
+        else:  # CNN: counted from the masks (kept kernel entries + every bias), not compacted
+            leaves = jax.tree_util.tree_leaves(state.params)
+            remaining = sum(int(jnp.sum(weight_mask(k, w))) if len(k) else int(w.size)
+                            for w, k in zip(leaves, state.opt.keep, strict=True))
         return {"neurons_pruned_frac": pruned / max(total, 1), "weights_zero_frac": zeros / max(n_w, 1),
                 "params_remaining": remaining}
 

@@ -27,7 +27,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from emtdamp import em, prune, tdamp
+from emtdamp import em, mlp, prune, tdamp
 from emtdamp.federated import FedMethod, register_fed, scan_local
 from emtdamp.gaussian import bounds, clip_var
 from emtdamp.methods.base import DataSpec, ModelSpec, Predictive, hparam
@@ -89,6 +89,7 @@ def build_emtdamp_fed() -> FedMethod:
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: EmtdampFedHParams, batch_size: int) -> TdampState:
+        mlp.require_mlp(model, "emtdamp_fed")
         if model.activation != "relu":
             raise ValueError(f"emtdamp_fed supports ReLU networks only (got activation {model.activation!r})")
         dtype = str(jnp.dtype(jnp.result_type(float)))

@@ -12,7 +12,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from emtdamp import em, prune, tdamp
+from emtdamp import em, mlp, prune, tdamp
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
 from emtdamp.tdamp.state import RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
 
@@ -31,7 +31,9 @@ class EmtdampHParams:
     v_ema: float = hparam(0.0, range=(0.0, 0.999), doc="v <- v_ema v + (1 - v_ema) v_new (0 = plain EM)")
     v_schedule: str = hparam("minibatch", choices=V_SCHEDULES, doc="v M-step after every minibatch or epoch")
     v0: float = hparam(1.0, range=(1e-6, 1e6), doc="initial noise variance")
-    lambda_f: float = hparam(1.0, range=(1e-3, 1.0), doc="PasP forgetting factor (prior variance / lambda_f)")
+    lambda_f: float = hparam(1.0, range=(1e-3, 1.0),
+                              doc="PasP forgetting: prior <- posterior^lf x initial prior^(1-lf) per minibatch "
+                                  "(1 = pure PasP; ~1 - batch/n_train keeps ~1 epoch of evidence, for long runs)")
     sigma0_sq: float = hparam(0.0, range=(0.0, 100.0), doc="initial slab variance (0 = gamma / fan-in)")
     gamma: float = hparam(0.1, range=(1e-6, 100.0), doc="slab variance gamma / fan-in when sigma0_sq = 0")
     sigmab0_sq: float = hparam(1.0, range=(1e-6, 100.0), doc="initial bias prior variance")
@@ -57,6 +59,7 @@ def build_emtdamp() -> Method:
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: EmtdampHParams):
+        mlp.require_mlp(model, "emtdamp")
         if model.activation != "relu":
             raise ValueError(f"emtdamp supports ReLU networks only (got activation {model.activation!r})")
         dtype = str(jnp.dtype(jnp.result_type(float)))  # float64 when x64 is enabled, else float32

@@ -32,6 +32,7 @@ def build_fedavg() -> FedMethod:
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: FedAvgHParams, batch_size: int):
+        mlp.require_mlp(model, "fedavg")
         if hp.optimizer == "adam":
             tx = optax.adam(hp.learning_rate)
         else:

@@ -2,12 +2,14 @@
 
 Regression minimises the mean squared error on standardised targets; the predictive variance is the
 training residual variance (an exponential moving average kept in the state), so that an NLL can be
-reported. Classification minimises softmax cross-entropy.
+reported. Classification minimises softmax cross-entropy. Both work with ``model.kind`` mlp and cnn
+(the network comes from :func:`emtdamp.cnn.build_network`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import chex
 import jax
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from emtdamp import mlp
+from emtdamp.cnn import build_network, kernels
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
 
 
@@ -31,7 +34,7 @@ class OptaxHParams:
 class OptaxState:
     """Params, optimiser state, the residual-variance estimate (regression) and a step count."""
 
-    params: list
+    params: Any  # MLP: list of {"kernel", "bias"}; CNN: flax params dict
     opt_state: optax.OptState
     noise_var: jax.Array
     learning_rate: jax.Array
@@ -39,14 +42,20 @@ class OptaxState:
 
 
 def _loss_fn(params, batch: Batch, task: str, activation: str, weight_decay):
-    out = mlp.apply(params, batch.x, activation)
+    """MLP loss (kept for :mod:`emtdamp.methods.fedavg`): see :func:`_net_loss`."""
+    return _net_loss(lambda p, x: mlp.apply(p, x, activation), params, batch, task, weight_decay)
+
+
+def _net_loss(apply_fn, params, batch: Batch, task: str, weight_decay):
+    """``(data loss + weight_decay * sum of squared kernels, data loss)``; padding rows weighted out."""
+    out = apply_fn(params, batch.x)
     wsum = jnp.maximum(batch.w.sum(), 1.0)
     if task == "regression":
         per_row = jnp.mean((out - batch.y) ** 2, axis=-1)
     else:
         per_row = optax.softmax_cross_entropy_with_integer_labels(out, batch.y)
     data_loss = jnp.sum(per_row * batch.w) / wsum
-    l2 = sum(jnp.sum(p["kernel"] ** 2) for p in params)
+    l2 = sum(jnp.sum(k**2) for k in kernels(params))
     return data_loss + weight_decay * l2, data_loss
 
 
@@ -62,17 +71,17 @@ def build_optax_method(name: str) -> Method:
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: OptaxHParams) -> OptaxState:
-        cfg.update(task=data.task, activation=model.activation, weight_decay=hp.weight_decay,
-                   tx=make_tx(hp))
-        params = mlp.init_mlp(key, model.layer_sizes(data))
+        init_fn, apply_fn = build_network(model, data)
+        cfg.update(task=data.task, apply=apply_fn, weight_decay=hp.weight_decay, tx=make_tx(hp))
+        params = init_fn(key)
         return OptaxState(params=params, opt_state=cfg["tx"].init(params),
                           noise_var=jnp.asarray(1.0, jnp.float32),
                           learning_rate=jnp.asarray(hp.learning_rate, jnp.float32),
                           count=jnp.asarray(0, jnp.int32))
 
     def step(state: OptaxState, batch: Batch):
-        (loss, data_loss), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
-            state.params, batch, cfg["task"], cfg["activation"], cfg["weight_decay"])
+        (loss, data_loss), grads = jax.value_and_grad(_net_loss, argnums=1, has_aux=True)(
+            cfg["apply"], state.params, batch, cfg["task"], cfg["weight_decay"])
         opt_state = state.opt_state
         opt_state.hyperparams["learning_rate"] = state.learning_rate
         updates, opt_state = cfg["tx"].update(grads, opt_state, state.params)
@@ -84,15 +93,15 @@ def build_optax_method(name: str) -> Method:
         return new, {"loss": data_loss}
 
     def predict(state: OptaxState, x) -> Predictive:
-        out = mlp.apply(state.params, x, cfg["activation"])
+        out = cfg["apply"](state.params, x)
         if cfg["task"] == "regression":
             return Predictive(mean=out, var=jnp.broadcast_to(state.noise_var, out.shape))
         return Predictive(probs=jax.nn.softmax(out, axis=-1))
 
     def sparsity(state: OptaxState) -> dict:
         n = mlp.count_params(state.params)
-        zeros = sum(jnp.sum(p["kernel"] == 0) for p in state.params)
-        n_w = sum(p["kernel"].size for p in state.params)
+        zeros = sum(jnp.sum(k == 0) for k in kernels(state.params))
+        n_w = sum(k.size for k in kernels(state.params))
         return {"neurons_pruned_frac": 0.0, "weights_zero_frac": float(zeros) / n_w, "params_remaining": n}
 
     return Method(name=name, hparams_cls=OptaxHParams, init=init, step=step, predict=predict,
