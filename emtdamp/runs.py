@@ -150,9 +150,19 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     summary = {"method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
                "epochs": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity, "time": res.time,
                "data_seed": cfg.data.seed, "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
-               "layer_sizes": list(cfg.model.spec().layer_sizes(data.spec))}
+               **_model_summary(cfg, data)}
     _finish(cfg, run_dir, summary, res.state, res.history, data, method)
     return run_dir, summary, res
+
+
+def _model_summary(cfg, data) -> dict:
+    """The network in summary.json: dense layer sizes, plus the conv stack for a CNN."""
+    spec = cfg.model.spec()
+    out = {"model_kind": spec.kind, "layer_sizes": list(spec.layer_sizes(data.spec))}
+    if spec.kind == "cnn":
+        out.update(conv=list(spec.conv), kernel_size=spec.kernel_size, image_shape=list(data.spec.image_shape or ()))
+        out["layer_sizes"] = None  # dense sizes alone would misdescribe a CNN
+    return out
 
 
 def _finish(cfg, run_dir: Path, summary: dict, state, history: list, data, method) -> None:
@@ -177,6 +187,6 @@ def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
                "bytes_per_round": res.bytes_per_round, "n_clients": cfg.method.hparams.n_clients,
                "partition": cfg.method.hparams.partition, "data_seed": cfg.data.seed,
                "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
-               "layer_sizes": list(cfg.model.spec().layer_sizes(data.spec))}
+               **_model_summary(cfg, data)}
     _finish(cfg, run_dir, summary, res.state, res.history, data, fm)
     return run_dir, summary, res
