@@ -4,7 +4,7 @@ Imports ``emtdamp_reference_numpy.py`` by path (scripts may; the package never d
 prototype's initial weights into :func:`emtdamp.tdamp.init`, feeds both the same minibatches and
 prints, per epoch, the largest absolute differences of W_hat, V_W, v and the test predictions.
 
-    python scripts/crosscheck_reference.py [--spec /work/shared/spec] [--boston-epochs 3]
+    python scripts/crosscheck_reference.py [--spec ../shared/spec] [--boston-epochs 3]
                                            [--mnist-epochs 1] [--mnist-batches 10]
 """
 
@@ -14,6 +14,7 @@ import argparse
 import copy
 import importlib.util
 import sys
+from pathlib import Path
 
 import jax
 
@@ -126,7 +127,7 @@ def _step(s, x, y, hp):
 def main(argv=None):
     global ref_predict
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", default="/work/shared/spec")
+    ap.add_argument("--spec", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "spec"))
     ap.add_argument("--boston-epochs", type=int, default=3)
     ap.add_argument("--mnist-epochs", type=int, default=1)
     ap.add_argument("--mnist-batches", type=int, default=10)
