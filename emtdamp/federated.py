@@ -24,7 +24,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from emtdamp.data.base import Dataset
 from emtdamp.data.partition import PARTITIONERS, ClientData
-from emtdamp.methods.base import ModelSpec
+from emtdamp.methods.base import ModelSpec, hparam
 from emtdamp.train import default_sparsity, evaluate
 
 PyTree = Any
@@ -42,7 +42,7 @@ class FedMethod:
     ``m`` selected clients and ``weights`` their data counts (0 for filler clients);
     ``predict(server_state, x) -> Predictive``; ``upload_bytes(server_state) -> int`` bytes one
     client sends per round; optional ``sparsity(server_state) -> dict``.
-    The method's ``hparams_cls`` must have the fields of :class:`FedSettings`.
+    The method's ``hparams_cls`` must inherit :class:`FedSettings`.
     """
 
     name: str
@@ -63,14 +63,14 @@ class FedMethod:
 
 @dataclasses.dataclass(frozen=True)
 class FedSettings:
-    """The federated fields every federated method's hparams carry (documented here once)."""
+    """The federated hyperparameters every federated method's hparams class inherits."""
 
-    n_clients: int = 10
-    partition: str = "dirichlet"  # iid | dirichlet | shards
-    alpha: float = 0.5
-    client_fraction: float = 1.0
-    local_epochs: int = 1
-    target: float = 0.0  # headline metric to reach: accuracy >= target / rmse <= target (0 = none)
+    n_clients: int = hparam(10, range=(1, 1_000_000), doc="number of clients")
+    partition: str = hparam("iid", choices=("iid", "dirichlet", "shards"), doc="how data is split")
+    alpha: float = hparam(0.5, range=(1e-6, 1e6), doc="Dirichlet concentration (partition=dirichlet)")
+    client_fraction: float = hparam(1.0, range=(1e-6, 1.0), doc="share of clients selected per round")
+    local_epochs: int = hparam(1, range=(1, 10_000), doc="local passes over each client's data per round")
+    target: float = hparam(0.0, range=(0.0, 1e9), doc="accuracy (>=) or RMSE (<=) for rounds_to_target; 0 = none")
 
 
 _REGISTRY: dict[str, Callable[[], FedMethod]] = {}

@@ -31,11 +31,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from emtdamp.cnn import build_network, kernels
 from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_mcmc_step, flax_group_spec, make_hyper
 from emtdamp.em_mcmc.groups import weight_mask
+from emtdamp.losses import data_loss
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
 
 
@@ -92,14 +92,9 @@ class EMMCMCMethodState:
 
 
 def _loss_fn(apply_fn, params, batch: Batch, task: str, loss_scale: float = 1.0):
-    """Minibatch mean loss (padding rows weighted out) and the unscaled data loss."""
-    out = apply_fn(params, batch.x)
-    wsum = jnp.maximum(batch.w.sum(), 1.0)
-    if task == "regression":
-        per_row = jnp.mean((out - batch.y) ** 2, axis=-1)
-    else:
-        per_row = optax.softmax_cross_entropy_with_integer_labels(out, batch.y)
-    data = jnp.sum(per_row * batch.w) / wsum
+    """Minibatch mean loss (padding rows weighted out; regression scaled by ``loss_scale``) and the
+    unscaled data loss."""
+    data = data_loss(apply_fn, params, batch, task)
     return (loss_scale * data if task == "regression" else data), data
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from emtdamp import em, mlp, prune, tdamp
-from emtdamp.federated import FedMethod, register_fed, scan_local
+from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local
 from emtdamp.gaussian import bounds, clip_var
 from emtdamp.methods.base import DataSpec, ModelSpec, Predictive, hparam
 from emtdamp.methods.emtdamp_method import EmtdampHParams, tdamp_hparams
@@ -36,15 +36,9 @@ from emtdamp.tdamp.state import TdampState
 
 
 @dataclasses.dataclass(frozen=True)
-class EmtdampFedHParams(EmtdampHParams):
-    """EM-TDAMP hyperparameters plus the federated settings."""
+class EmtdampFedHParams(EmtdampHParams, FedSettings):
+    """EM-TDAMP hyperparameters plus the federated settings and the server's aggregation rule."""
 
-    n_clients: int = hparam(10, range=(1, 1_000_000), doc="number of clients")
-    partition: str = hparam("iid", choices=("iid", "dirichlet", "shards"), doc="how data is split")
-    alpha: float = hparam(0.5, range=(1e-6, 1e6), doc="Dirichlet concentration (partition=dirichlet)")
-    client_fraction: float = hparam(1.0, range=(1e-6, 1.0), doc="share of clients selected per round")
-    local_epochs: int = hparam(1, range=(1, 10_000), doc="local TDAMP passes per round")
-    target: float = hparam(0.0, range=(0.0, 1e9), doc="accuracy (>=) or RMSE (<=) for rounds_to_target; 0 = none")
     aggregation: str = hparam("geometric", choices=("geometric", "product", "tempered"),
                               doc="server rule: the paper's weighted geometric mean, the exact product, or "
                                   "tempered (prior + server_step * K * weighted mean of the local updates)")

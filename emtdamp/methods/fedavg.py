@@ -10,19 +10,15 @@ import jax.numpy as jnp
 import optax
 
 from emtdamp import mlp
-from emtdamp.federated import FedMethod, register_fed, scan_local, weighted_mean
+from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local, weighted_mean
 from emtdamp.methods.base import Batch, DataSpec, ModelSpec, Predictive, hparam
 from emtdamp.methods.optax_baselines import _loss_fn
 
 
 @dataclasses.dataclass(frozen=True)
-class FedAvgHParams:
-    n_clients: int = hparam(10, range=(1, 1_000_000), doc="number of clients")
-    partition: str = hparam("iid", choices=("iid", "dirichlet", "shards"), doc="how data is split")
-    alpha: float = hparam(0.5, range=(1e-6, 1e6), doc="Dirichlet concentration (partition=dirichlet)")
-    client_fraction: float = hparam(1.0, range=(1e-6, 1.0), doc="share of clients selected per round")
-    local_epochs: int = hparam(1, range=(1, 10_000), doc="local passes over each client's data per round")
-    target: float = hparam(0.0, range=(0.0, 1e9), doc="accuracy (>=) or RMSE (<=) for rounds_to_target; 0 = none")
+class FedAvgHParams(FedSettings):
+    """Federated settings plus the local optax optimizer."""
+
     optimizer: str = hparam("adam", choices=("adam", "sgd"), doc="local optimizer")
     learning_rate: float = hparam(1e-3, range=(0.0, 10.0), doc="local step size")
     momentum: float = hparam(0.0, range=(0.0, 1.0), doc="local SGD momentum")

@@ -18,6 +18,7 @@ import optax
 
 from emtdamp import mlp
 from emtdamp.cnn import build_network, kernels
+from emtdamp.losses import data_loss
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
 
 
@@ -48,15 +49,9 @@ def _loss_fn(params, batch: Batch, task: str, activation: str, weight_decay):
 
 def _net_loss(apply_fn, params, batch: Batch, task: str, weight_decay):
     """``(data loss + weight_decay * sum of squared kernels, data loss)``; padding rows weighted out."""
-    out = apply_fn(params, batch.x)
-    wsum = jnp.maximum(batch.w.sum(), 1.0)
-    if task == "regression":
-        per_row = jnp.mean((out - batch.y) ** 2, axis=-1)
-    else:
-        per_row = optax.softmax_cross_entropy_with_integer_labels(out, batch.y)
-    data_loss = jnp.sum(per_row * batch.w) / wsum
+    loss = data_loss(apply_fn, params, batch, task)
     l2 = sum(jnp.sum(k**2) for k in kernels(params))
-    return data_loss + weight_decay * l2, data_loss
+    return loss + weight_decay * l2, loss
 
 
 def build_optax_method(name: str) -> Method:
