@@ -51,6 +51,21 @@ def test_vmapped_round_matches_python_loop_over_clients():
     _leaves_close(new, ref)
 
 
+def test_client_sampling_selects_distinct_clients_and_aggregates_only_them():
+    fm, server, cd = _setup(n_clients=5)
+    X, Y, M, C = map(jnp.asarray, (cd.x, cd.y, cd.mask, cd.counts))
+    rf = make_round_fn(fm, 2, devices=jax.devices()[:1])
+    seen = set()
+    for r in range(6):
+        key = jax.random.PRNGKey(100 + r)
+        new, sel = rf(server, key, X, Y, M, C)
+        sel = np.asarray(sel)
+        assert len(sel) == 2 and len(set(sel.tolist())) == 2 and sel.max() < 5
+        seen.update(sel.tolist())
+        _leaves_close(new, python_loop_round(fm, server, key, X, Y, M, C, sel))
+    assert len(seen) > 2  # different rounds draw different clients
+
+
 def test_padding_rows_change_nothing_in_a_client_update():
     fm, server, cd = _setup()
     x, y, m = cd.x[0], cd.y[0], cd.mask[0]
