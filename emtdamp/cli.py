@@ -144,7 +144,7 @@ def cmd_predict(args) -> int:
                                  f"{train_data.spec.n_features}) in the training data's raw units")
             if not np.isfinite(x).all():
                 raise ValueError(f"{args.data}: {int((~np.isfinite(x)).any(1).sum())} rows of x hold NaN/inf")
-            x = _standardize_like(train_data, cfg, x)
+            x = _standardize_like(train_data, x)
         else:
             # the run's own dataset: its test split under the run's options (same split, same scaling)
             x = train_data.x_test if args.data == cfg.data.name else load(args.data, seed=cfg.data.seed).x_test
@@ -160,7 +160,7 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _standardize_like(data, cfg, x: np.ndarray) -> np.ndarray:
+def _standardize_like(data, x: np.ndarray) -> np.ndarray:
     """Apply the training data's feature transform to raw inputs (stored in ``info`` by loaders)."""
     tf = data.info.get("x_transform")
     if tf is None:

@@ -55,11 +55,6 @@ class FedMethod:
     sparsity: Callable | None = None
     description: str = ""
 
-    # the training loop's evaluate/default_sparsity only need .predict/.sparsity
-    @property
-    def end_epoch(self):
-        return None
-
 
 @dataclasses.dataclass(frozen=True)
 class FedSettings:

@@ -35,7 +35,7 @@ import numpy as np
 from emtdamp.cnn import build_network, kernels
 from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_mcmc_step, flax_group_spec, make_hyper
 from emtdamp.em_mcmc.groups import weight_mask
-from emtdamp.losses import data_loss
+from emtdamp.losses import data_loss, point_predictive
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
 
 
@@ -142,10 +142,7 @@ def build_em_mcmc() -> Method:
         return state.replace(opt=state.opt._replace(hyper=h._replace(steps_per_epoch=spe)))
 
     def predict(state: EMMCMCMethodState, x) -> Predictive:
-        out = cfg["apply"](state.params, x)
-        if cfg["task"] == "regression":
-            return Predictive(mean=out, var=jnp.broadcast_to(state.noise_var, out.shape))
-        return Predictive(probs=jax.nn.softmax(out, axis=-1))
+        return point_predictive(cfg["apply"](state.params, x), cfg["task"], state.noise_var)
 
     def sparsity(state: EMMCMCMethodState) -> dict:
         pruned, total = count_groups(state.opt.keep)

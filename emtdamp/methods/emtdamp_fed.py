@@ -31,7 +31,7 @@ from emtdamp import em, mlp, prune, tdamp
 from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local
 from emtdamp.gaussian import bounds, clip_var
 from emtdamp.methods.base import DataSpec, ModelSpec, Predictive, hparam
-from emtdamp.methods.emtdamp_method import EmtdampHParams, tdamp_hparams
+from emtdamp.methods.emtdamp_method import EmtdampHParams, tdamp_hparams, tdamp_predictive
 from emtdamp.tdamp.state import TdampState
 
 
@@ -144,10 +144,7 @@ def build_emtdamp_fed() -> FedMethod:
                                ramp=hp.ramp, prune_inputs=hp.prune_inputs)
 
     def predict(state: TdampState, x) -> Predictive:
-        out = tdamp.predict(state, x, plug_in=cfg["hp"].plug_in, task=cfg["task"])
-        if cfg["task"] == "regression":
-            return Predictive(mean=out[0], var=out[1])
-        return Predictive(probs=out)
+        return tdamp_predictive(state, x, cfg["task"], cfg["hp"].plug_in)
 
     def upload_bytes(state: TdampState) -> int:
         """Float32 bytes one client uploads: slab mean+variance of the weights in unpruned groups,

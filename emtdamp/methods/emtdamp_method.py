@@ -53,6 +53,12 @@ def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
                         rho_clip=hp.rho_clip, v0=hp.v0, dtype=dtype)
 
 
+def tdamp_predictive(state, x, task: str, plug_in: bool) -> Predictive:
+    """:func:`emtdamp.tdamp.predict` as a :class:`Predictive` (moment propagation or plug-in)."""
+    out = tdamp.predict(state, x, plug_in=plug_in, task=task)
+    return Predictive(mean=out[0], var=out[1]) if task == "regression" else Predictive(probs=out)
+
+
 @register("emtdamp")
 def build_emtdamp() -> Method:
     """EM-TDAMP (Xu et al., 2024) as a :class:`~emtdamp.methods.base.Method`."""
@@ -79,10 +85,7 @@ def build_emtdamp() -> Method:
                                ramp=hp.ramp, prune_inputs=hp.prune_inputs)
 
     def predict(state, x) -> Predictive:
-        out = tdamp.predict(state, x, plug_in=cfg["hp"].plug_in, task=cfg["task"])
-        if cfg["task"] == "regression":
-            return Predictive(mean=out[0], var=out[1])
-        return Predictive(probs=out)
+        return tdamp_predictive(state, x, cfg["task"], cfg["hp"].plug_in)
 
     def sparsity(state) -> dict:
         return prune.sparsity(state)

@@ -11,6 +11,7 @@ import optax
 
 from emtdamp import mlp
 from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local, weighted_mean
+from emtdamp.losses import point_predictive
 from emtdamp.methods.base import Batch, DataSpec, ModelSpec, Predictive, hparam
 from emtdamp.methods.optax_baselines import _loss_fn
 
@@ -56,10 +57,7 @@ def build_fedavg() -> FedMethod:
         return weighted_mean(msgs, weights)
 
     def predict(server, x) -> Predictive:
-        out = mlp.apply(server["params"], x, cfg["activation"])
-        if cfg["task"] == "regression":
-            return Predictive(mean=out, var=jnp.broadcast_to(server["noise_var"], out.shape))
-        return Predictive(probs=jax.nn.softmax(out, -1))
+        return point_predictive(mlp.apply(server["params"], x, cfg["activation"]), cfg["task"], server["noise_var"])
 
     def upload_bytes(server) -> int:
         return 4 * mlp.count_params(server["params"])

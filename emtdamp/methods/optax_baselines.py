@@ -18,7 +18,7 @@ import optax
 
 from emtdamp import mlp
 from emtdamp.cnn import build_network, kernels
-from emtdamp.losses import data_loss
+from emtdamp.losses import data_loss, point_predictive
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
 
 
@@ -88,10 +88,7 @@ def build_optax_method(name: str) -> Method:
         return new, {"loss": data_loss}
 
     def predict(state: OptaxState, x) -> Predictive:
-        out = cfg["apply"](state.params, x)
-        if cfg["task"] == "regression":
-            return Predictive(mean=out, var=jnp.broadcast_to(state.noise_var, out.shape))
-        return Predictive(probs=jax.nn.softmax(out, axis=-1))
+        return point_predictive(cfg["apply"](state.params, x), cfg["task"], state.noise_var)
 
     def sparsity(state: OptaxState) -> dict:
         n = mlp.count_params(state.params)
