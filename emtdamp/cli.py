@@ -1,7 +1,7 @@
 """The ``emtdamp`` command line: train, sweep, list, predict.
 
     emtdamp train CONFIG [key.path=value ...]
-    emtdamp sweep CONFIG [key.path=value ...] [--out DIR]
+    emtdamp sweep CONFIG [key.path=value ...] [--out DIR]   (sweep.vmap=true: seed/split groups vmapped)
     emtdamp list
     emtdamp predict RUN_DIR DATA --out preds.npz
 """
@@ -70,25 +70,36 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from emtdamp.runs import run_config
+    from emtdamp.runs import run_config, run_group, vmap_groups
 
     raw = cfgmod.apply_overrides(cfgmod.read_yaml(args.config), args.overrides)
     name = Path(args.config).stem
-    runs = cfgmod.expand_sweep(raw, name)
+    runs = cfgmod.expand_sweep(raw, name)  # validates the sweep block (sweep.vmap included)
+    vmap = raw.get("sweep") is not None and cfgmod.build_dataclass(cfgmod.SweepConfig, raw["sweep"], "sweep").vmap
     out = Path(args.out or f"runs/{name}-sweep")
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, (label, cfg) in enumerate(runs):
-        print(f"[{i + 1}/{len(runs)}] {label}", file=sys.stderr)
-        _, summary, _ = run_config(cfg, out / f"run{i:03d}")
-        rows.append(summary_row(summary, label))
-        cols = list(dict.fromkeys(k for r in rows for k in r))
-        with open(out / "sweep.csv", "w", newline="") as f:  # rewritten after each run: partial results survive
+    groups = vmap_groups([c for _, c in runs]) if vmap else [[i] for i in range(len(runs))]
+    rows: dict[int, dict] = {}
+    for g in groups:
+        if len(g) == 1:
+            i = g[0]
+            print(f"[{i + 1}/{len(runs)}] {runs[i][0]}", file=sys.stderr)
+            results = [run_config(runs[i][1], out / f"run{i:03d}")]
+        else:
+            print(f"[{','.join(str(i + 1) for i in g)}/{len(runs)}] {len(g)} runs as one vmapped program: "
+                  f"{runs[g[0]][0]} ... {runs[g[-1]][0]}", file=sys.stderr)
+            results = run_group([runs[i][1] for i in g], [out / f"run{i:03d}" for i in g])
+        for i, (_, summary, _) in zip(g, results, strict=True):
+            rows[i] = summary_row(summary, runs[i][0])
+        table = [rows[i] for i in sorted(rows)]
+        cols = list(dict.fromkeys(k for r in table for k in r))
+        with open(out / "sweep.csv", "w", newline="") as f:  # rewritten after each run/group: partial results survive
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
-            w.writerows(rows)
-    cols = [c for c in rows[0] if c not in ("dataset",)]
-    _print_table(rows, cols)
+            w.writerows(table)
+    table = [rows[i] for i in sorted(rows)]
+    cols = [c for c in table[0] if c not in ("dataset",)]
+    _print_table(table, cols)
     print(f"sweep table: {out / 'sweep.csv'}")
     return 0
 

@@ -72,8 +72,13 @@ class OutputConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
+    """``grid``: key path -> list of values (their product is run); ``seeds``: train.seed values per
+    grid point; ``vmap``: train the runs that differ only in ``data.seed`` / ``train.seed`` as one
+    vmapped program each (``emtdamp sweep``; falls back to run by run where that is impossible)."""
+
     grid: dict = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = ()
+    vmap: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,7 +364,8 @@ def expand_sweep(raw: dict, name: str = "config") -> list[tuple[str, Config]]:
     """Expand a raw config's ``sweep:`` block into ``(run_label, Config)`` pairs (grid x seeds).
 
     Without a sweep block, the single config. Each expanded config has ``sweep`` removed; the label
-    names the varied values, e.g. ``method.name=adam,train.seed=1``.
+    names the varied values, e.g. ``method.name=adam,train.seed=1``. ``sweep.vmap`` does not change
+    the expansion (``emtdamp sweep`` reads it to group the runs, see :func:`emtdamp.runs.vmap_groups`).
     """
     sweep = raw.get("sweep")
     base = {k: v for k, v in raw.items() if k != "sweep"}

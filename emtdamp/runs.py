@@ -3,6 +3,9 @@
 A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per epoch,
 written as the run goes), ``summary.json``, ``checkpoint.npz`` (the final state's leaves, written
 atomically) and ``curves.png``.
+
+:func:`run_group` trains several configs that differ only in ``data.seed`` / ``train.seed`` as one
+vmapped program (:func:`emtdamp.train.train_group`) and writes the same folder for each run.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from emtdamp.data import load
 from emtdamp.federated import get_fed_method, train_federated
 from emtdamp.methods import get_method
 from emtdamp.metrics import plot_reliability
-from emtdamp.train import TrainResult, predict_in_chunks, train
+from emtdamp.train import NotVmappable, TrainResult, predict_in_chunks, train, train_group
 
 SUMMARY_KEYS = ("method", "dataset", "seed", "epochs", "test", "sparsity", "time")
 
@@ -113,9 +117,7 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     With ``resume=True`` a run folder holding a checkpoint continues from it (``metrics.jsonl`` is cut
     back to the checkpointed epoch), and finishes with the same result as an uninterrupted run.
     """
-    run_dir = Path(run_dir or cfg.output.dir or default_run_dir(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False))
+    run_dir = _start_run_dir(cfg, run_dir)
     data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
     metrics_path = run_dir / "metrics.jsonl"
     ckpt, prog = run_dir / "checkpoint.npz", run_dir / "progress.json"
@@ -147,12 +149,109 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
                 eval_every=cfg.train.eval_every,
                 progress=cfg.train.progress if progress is None else progress, on_epoch=on_epoch,
                 on_checkpoint=on_checkpoint, resume=restore)
-    summary = {"method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
-               "epochs": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity, "time": res.time,
-               "data_seed": cfg.data.seed, "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
-               **_model_summary(cfg, data)}
+    summary = _summary(cfg, data, res)
     _finish(cfg, run_dir, summary, res.state, res.history, data, method)
     return run_dir, summary, res
+
+
+def _start_run_dir(cfg: cfgmod.Config, run_dir: str | Path | None) -> Path:
+    """Create the run folder and write its resolved ``config.yaml``."""
+    run_dir = Path(run_dir or cfg.output.dir or default_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False))
+    return run_dir
+
+
+def _summary(cfg: cfgmod.Config, data, res, **extra) -> dict:
+    """The summary.json dict of a finished run (the keys every run writes, then ``extra``)."""
+    return {"method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
+            "epochs": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity, "time": res.time,
+            "data_seed": cfg.data.seed, "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
+            **_model_summary(cfg, data), **extra}
+
+
+def _seedless(cfg: cfgmod.Config) -> str:
+    """A config's identity apart from its data split / train seeds (and run folder)."""
+    d = cfgmod.to_dict(cfg)
+    d["data"].pop("seed")
+    d["train"].pop("seed")
+    d["output"].pop("dir")
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def vmap_groups(cfgs: list[cfgmod.Config]) -> list[list[int]]:
+    """Indices of ``cfgs`` grouped by everything except ``data.seed`` and ``train.seed``, in order of
+    first appearance (each group can be one vmapped program, see :func:`run_group`)."""
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        groups.setdefault(_seedless(cfg), []).append(i)
+    return list(groups.values())
+
+
+def _group_obstacle(cfgs: list[cfgmod.Config]) -> str | None:
+    """Why ``cfgs`` cannot be one vmapped program before looking at the data, or None."""
+    if len({_seedless(c) for c in cfgs}) > 1:
+        return "the configs differ in more than data.seed / train.seed"
+    if get_fed_method(cfgs[0].method.name) is not None:
+        return f"{cfgs[0].method.name} is a federated method (trained in rounds, not vmapped)"
+    return None
+
+
+def run_group(cfgs: list[cfgmod.Config], run_dirs: list[str | Path], progress: bool | None = None
+              ) -> list[tuple[Path, dict, TrainResult]]:
+    """Train configs that differ only in ``data.seed`` / ``train.seed`` as *one* vmapped program and
+    write each run's folder exactly as :func:`run_config` does (config.yaml, metrics.jsonl,
+    summary.json, checkpoint.npz + progress.json, plots); each summary adds ``"vmapped_group"``
+    (the group size) and ``"group_time"`` (the group's timings; ``time`` is amortised per run).
+
+    Falls back to :func:`run_config` run by run, with a one-line note on stderr saying why, when the
+    group cannot be vmapped: configs that differ otherwise, a federated method, datasets whose
+    training shapes differ, or a method whose init/step does not trace under vmap. Returns
+    ``(folder, summary, result)`` per config, in order.
+    """
+    if len(cfgs) != len(run_dirs):
+        raise ValueError(f"run_group: {len(cfgs)} configs but {len(run_dirs)} run folders")
+    if len(cfgs) == 1:
+        return [run_config(cfgs[0], run_dirs[0], progress)]
+    reason = _group_obstacle(cfgs)
+    if reason is None:
+        try:
+            return _run_group_vmapped(cfgs, [Path(d) for d in run_dirs], progress)
+        except NotVmappable as e:
+            reason = str(e)
+    print(f"note: {len(cfgs)} runs ({cfgs[0].method.name}) not vmapped: {reason}; running them one by one",
+          file=sys.stderr)
+    return [run_config(c, d, progress) for c, d in zip(cfgs, run_dirs, strict=True)]
+
+
+def _run_group_vmapped(cfgs, run_dirs: list[Path], progress):
+    c0 = cfgs[0]
+    datasets = [load(c.data.name, seed=c.data.seed, **c.data.options) for c in cfgs]
+    method = get_method(c0.method.name)
+    dirs = [_start_run_dir(c, d) for c, d in zip(cfgs, run_dirs, strict=True)]
+    for d in dirs:
+        (d / "metrics.jsonl").write_text("")
+
+    def on_epoch(i, record):
+        with open(dirs[i] / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_checkpoint(states, epoch):
+        if c0.output.checkpoint and (epoch % c0.output.checkpoint_every == 0 or epoch == c0.train.epochs):
+            for i, d in enumerate(dirs):
+                save_checkpoint(d / "checkpoint.npz", jax.tree_util.tree_map(lambda a, i=i: a[i], states))
+                _atomic_write(d / "progress.json", lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
+
+    g = train_group(method, c0.method.hparams, c0.model.spec(), datasets, seeds=[c.train.seed for c in cfgs],
+                    epochs=c0.train.epochs, batch_size=c0.train.batch_size, dtype=c0.train.dtype,
+                    eval_every=c0.train.eval_every, progress=c0.train.progress if progress is None else progress,
+                    on_epoch=on_epoch, on_checkpoint=on_checkpoint)
+    out = []
+    for cfg, d, data, res in zip(cfgs, dirs, datasets, g.runs, strict=True):
+        summary = _summary(cfg, data, res, vmapped_group=len(cfgs), group_time=g.time)
+        _finish(cfg, d, summary, res.state, res.history, data, method)
+        out.append((d, summary, res))
+    return out
 
 
 def _model_summary(cfg, data) -> dict:
@@ -181,12 +280,8 @@ def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
     res = train_federated(fm, cfg.method.hparams, cfg.model.spec(), data, rounds=cfg.train.epochs,
                           batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
                           progress=cfg.train.progress if progress is None else progress, on_round=on_round)
-    summary = {"method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
-               "epochs": cfg.train.epochs, "rounds": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity,
-               "time": res.time, "rounds_to_target": res.rounds_to_target, "target": cfg.method.hparams.target,
-               "bytes_per_round": res.bytes_per_round, "n_clients": cfg.method.hparams.n_clients,
-               "partition": cfg.method.hparams.partition, "data_seed": cfg.data.seed,
-               "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
-               **_model_summary(cfg, data)}
+    summary = _summary(cfg, data, res, rounds=cfg.train.epochs, rounds_to_target=res.rounds_to_target,
+                       target=cfg.method.hparams.target, bytes_per_round=res.bytes_per_round,
+                       n_clients=cfg.method.hparams.n_clients, partition=cfg.method.hparams.partition)
     _finish(cfg, run_dir, summary, res.state, res.history, data, fm)
     return run_dir, summary, res

@@ -176,48 +176,177 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
                              "compile_s": compile_s})
 
 
+class NotVmappable(RuntimeError):
+    """The runs of a group cannot be one vmapped program (training shapes differ, or the method's
+    ``init`` / ``step`` / ``end_epoch`` does not trace under ``vmap``): train them one by one."""
+
+
+@dataclasses.dataclass
+class GroupResult:
+    """R runs trained together by :func:`train_group`.
+
+    ``runs[i]`` is run i's :class:`TrainResult` (its own state slice, history, test metrics and
+    sparsity; its ``time`` is the group's cost divided by R, i.e. amortised per run). ``states`` is
+    the final state stacked on a leading run axis of size R. ``time`` holds the group's own timings:
+    ``total_s`` (wall time of the loop, evaluation included), ``epochs_s`` (the timed epochs only),
+    ``per_epoch_s`` (median epoch, all runs together) and ``compile_s``.
+    """
+
+    runs: list
+    states: object
+    time: dict
+
+
+def _slice(states, i: int):
+    return jax.tree_util.tree_map(lambda a: a[i], states)
+
+
+def _stack_data(datasets: list[Dataset], npdt) -> tuple[jax.Array, jax.Array, int | None]:
+    """Training arrays of the runs: one shared copy (``in_axes`` None) when every run uses the same
+    Dataset object, else stacked on a leading run axis (``in_axes`` 0). Raises NotVmappable when the
+    runs' training shapes or specs differ."""
+    d0 = datasets[0]
+    for i, d in enumerate(datasets[1:], 1):
+        if d.spec != d0.spec or d.x_train.shape != d0.x_train.shape or d.y_train.shape != d0.y_train.shape:
+            raise NotVmappable(f"the datasets differ in shape: run 0 has x_train {d0.x_train.shape} "
+                               f"({d0.spec.task}), run {i} has x_train {d.x_train.shape} ({d.spec.task})")
+    cast_y = lambda d: d.y_train.astype(npdt) if d.spec.task == "regression" else d.y_train
+    if all(d is d0 for d in datasets):
+        return jnp.asarray(d0.x_train.astype(npdt)), jnp.asarray(cast_y(d0)), None
+    x = jnp.asarray(np.stack([d.x_train.astype(npdt) for d in datasets]))
+    y = jnp.asarray(np.stack([cast_y(d) for d in datasets]))
+    return x, y, 0
+
+
+def train_group(method: Method, hparams, model: ModelSpec, datasets: Dataset | list[Dataset], *,
+                seeds: list[int], epochs: int, batch_size: int, dtype: str = "float32", eval_every: int = 1,
+                progress: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
+                on_checkpoint: Callable[[object, int], None] | None = None) -> GroupResult:
+    """Train R = ``len(seeds)`` runs *in one vmapped, jitted program*, each with its own train seed
+    and its own dataset (states and data stacked on a leading run axis).
+
+    Parameters
+    ----------
+    datasets:
+        One :class:`Dataset` shared by all runs (not copied), or a list of R datasets whose training
+        arrays have the same shapes (``x_train (n, d)``, ``y_train``) and equal ``spec`` — e.g. the
+        random 90/10 splits of one data set. Test sets may differ in size (evaluated one by one).
+    seeds:
+        R train seeds (init and shuffling), one per run.
+    eval_every:
+        Each run's state is evaluated on its own test split (outside the timed epoch) every
+        ``eval_every`` epochs and at the last one; finiteness is checked there per run.
+    on_epoch:
+        ``on_epoch(i, record)`` for run i's record of each epoch (same fields as :func:`train`).
+    on_checkpoint:
+        ``on_checkpoint(states, epoch)`` after every epoch with the stacked ``(R, ...)`` state.
+
+    Returns
+    -------
+    GroupResult
+        Run i equals ``train(method, hparams, model, datasets[i], seed=seeds[i], ...)`` up to float
+        reassociation: same init key, same per-epoch keys, same padded minibatches.
+
+    Raises
+    ------
+    NotVmappable
+        When the datasets' training shapes differ or the method does not trace under ``vmap``
+        (raised before any epoch runs); callers fall back to :func:`train` per run.
+    FloatingPointError
+        When a run's state holds NaN/inf at an evaluation epoch (the message names the run).
+    """
+    ctx = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    with ctx:
+        return _train_group(method, hparams, model, datasets, list(seeds), epochs, batch_size, dtype, eval_every,
+                            progress, on_epoch, on_checkpoint)
+
+
+def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dtype, eval_every, progress,
+                 on_epoch, on_checkpoint):
+    from tqdm.auto import tqdm
+
+    r = len(seeds)
+    dsets = [datasets] * r if isinstance(datasets, Dataset) else list(datasets)
+    if r == 0 or len(dsets) != r:
+        raise ValueError(f"train_group: {len(dsets)} datasets for {r} seeds; give one dataset or one per seed")
+    npdt = np.float64 if dtype == "float64" else np.float32
+    x, y, data_axis = _stack_data(dsets, npdt)
+    spec = dsets[0].spec
+    bs = min(batch_size, spec.n_train)
+    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(s)) for s in seeds])  # (R, 2, 2): init, loop
+    ek = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    t0 = time.perf_counter()
+    try:
+        states = jax.jit(jax.vmap(lambda k: method.init(k, model, spec, hparams)))(keys[:, 0])
+        # the epoch function donates the state: give every leaf its own buffer (init may alias arrays)
+        states = jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, states)
+        epoch_fn = jax.jit(jax.vmap(make_epoch_fn(method, bs, jit=False), in_axes=(0, 0, data_axis, data_axis)),
+                           donate_argnums=(0,))
+        compiled = epoch_fn.lower(states, ek(keys[:, 1], 1), x, y).compile()
+        end = None
+        if method.end_epoch is not None:
+            end = jax.jit(jax.vmap(method.end_epoch, in_axes=(0, None))).lower(states, jnp.asarray(1)).compile()
+    except Exception as e:  # noqa: BLE001  (anything before the first epoch: the caller trains run by run)
+        raise NotVmappable(f"{method.name} does not vmap ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    compile_s = time.perf_counter() - t0
+
+    histories, tests, epoch_times = [[] for _ in range(r)], [{} for _ in range(r)], []
+    bar = tqdm(range(1, epochs + 1), desc=f"{method.name} x{r}", unit="epoch", disable=not progress, leave=False,
+               mininterval=0.5)
+    t_start = time.perf_counter()
+    for ep in bar:
+        te = time.perf_counter()
+        states, loss = compiled(states, ek(keys[:, 1], ep), x, y)
+        if end is not None:
+            states = end(states, jnp.asarray(ep))
+        loss = np.asarray(loss)
+        jax.block_until_ready(states)
+        epoch_times.append(time.perf_counter() - te)
+        wall = time.perf_counter() - t_start
+        records = [{"epoch": ep, "wall_s": wall, "train_loss": float(loss[i])} for i in range(r)]
+        if ep % eval_every == 0 or ep == epochs:
+            for i in range(r):
+                st = _slice(states, i)
+                try:
+                    check_finite(st, ep)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"run {i} of the vmapped group (train seed {seeds[i]}): {e}") from None
+                tests[i] = evaluate(method, st, dsets[i])
+                records[i].update({"test": tests[i], "sparsity": default_sparsity(method, st)})
+            key = "rmse" if spec.task == "regression" else "accuracy"
+            bar.set_postfix({f"mean {key}": f"{np.mean([t[key] for t in tests]):.4g}"}, refresh=False)
+        for i in range(r):
+            histories[i].append(records[i])
+            if on_epoch is not None:
+                on_epoch(i, records[i])
+        if on_checkpoint is not None:
+            on_checkpoint(states, ep)
+    total = time.perf_counter() - t_start
+    per_epoch = float(np.median(epoch_times))
+    runs = []
+    for i in range(r):
+        st = _slice(states, i)
+        runs.append(TrainResult(state=st, history=histories[i], test=tests[i], sparsity=default_sparsity(method, st),
+                                time={"total_s": total / r, "per_epoch_s": per_epoch / r, "compile_s": compile_s / r}))
+    return GroupResult(runs=runs, states=states,
+                       time={"total_s": total, "epochs_s": float(np.sum(epoch_times)), "per_epoch_s": per_epoch,
+                             "compile_s": compile_s, "runs": r})
+
+
 def train_seeds(method: Method, hparams, model: ModelSpec, data: Dataset, *, seeds: list[int], epochs: int,
                 batch_size: int, dtype: str = "float32", curve: bool = False) -> tuple[list[dict], dict]:
-    """Train one model per seed *in one vmapped program* (states stacked on a leading seed axis).
+    """Train one model per seed on one dataset *in one vmapped program* (:func:`train_group`).
 
     Each seed's run equals ``train(..., seed=s)`` up to float reassociation: same init key, same
     per-epoch keys. Returns the per-seed final test metrics (with ``curve=True`` also each seed's
     per-epoch test metrics under ``"curve"``, evaluated outside the timed epochs) and timings
-    (``per_epoch_s`` is for all seeds together). Raises whatever ``vmap`` raises when a method's
-    ``init`` or ``step`` is not vmappable; callers fall back to :func:`train` per seed.
+    (``per_epoch_s`` is for all seeds together, ``total_s`` the sum of the timed epochs). Raises
+    :class:`NotVmappable` when a method's ``init`` or ``step`` is not vmappable; callers fall back
+    to :func:`train` per seed.
     """
-    ctx = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
-    with ctx:
-        npdt = np.float64 if dtype == "float64" else np.float32
-        x = jnp.asarray(data.x_train.astype(npdt))
-        y = jnp.asarray(data.y_train.astype(npdt) if data.spec.task == "regression" else data.y_train)
-        bs = min(batch_size, len(data.x_train))
-        keys = jnp.stack([jax.random.split(jax.random.PRNGKey(s)) for s in seeds])  # (S, 2, 2)
-        states = jax.vmap(lambda k: method.init(k, model, data.spec, hparams))(keys[:, 0])
-        epoch = jax.jit(jax.vmap(make_epoch_fn(method, bs, jit=False), in_axes=(0, 0, None, None)))
-        end = jax.jit(jax.vmap(method.end_epoch, in_axes=(0, None))) if method.end_epoch is not None else None
-        t0 = time.perf_counter()
-        ek = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-        compiled = epoch.lower(states, ek(keys[:, 1], 1), x, y).compile()
-        compile_s = time.perf_counter() - t0
-        times, curves = [], [[] for _ in seeds]
-        seed_state = lambda i: jax.tree_util.tree_map(lambda a: a[i], states)
-        for ep in range(1, epochs + 1):
-            te = time.perf_counter()
-            states, _ = compiled(states, ek(keys[:, 1], ep), x, y)
-            if end is not None:
-                states = end(states, jnp.asarray(ep))
-            jax.block_until_ready(states)
-            times.append(time.perf_counter() - te)
-            if curve and ep < epochs:
-                for i in range(len(seeds)):
-                    curves[i].append(evaluate(method, seed_state(i), data))
-        results = []
-        for i in range(len(seeds)):
-            st = seed_state(i)
-            check_finite(st, epochs)
-            test = evaluate(method, st, data)
-            results.append({"test": test, "sparsity": default_sparsity(method, st),
-                            **({"curve": [*curves[i], test]} if curve else {})})
-    return results, {"per_epoch_s": float(np.median(times)), "compile_s": compile_s,
-                     "total_s": float(np.sum(times))}
+    g = train_group(method, hparams, model, data, seeds=seeds, epochs=epochs, batch_size=batch_size, dtype=dtype,
+                    eval_every=1 if curve else epochs, progress=False)
+    results = [{"test": run.test, "sparsity": run.sparsity,
+                **({"curve": [h["test"] for h in run.history if "test" in h]} if curve else {})} for run in g.runs]
+    return results, {"per_epoch_s": g.time["per_epoch_s"], "compile_s": g.time["compile_s"],
+                     "total_s": g.time["epochs_s"]}
