@@ -28,7 +28,8 @@ def require_mlp(model, method: str) -> None:
     kind = getattr(model, "kind", "mlp")
     if kind != "mlp":
         raise ValueError(f"method {method} supports model.kind=mlp only (got model.kind={kind!r}); "
-                         "set model.kind=mlp, or use adam, sgd or em_mcmc for a CNN")
+                         "set model.kind=mlp, or use adam, sgd, em_mcmc or an SG-MCMC method (sgld, sghmc, "
+                         "sgld_sa, sghmc_sa, sgld_em, sghmc_em, a_sghmc, a_sghmc_em, a_sghmc_sa) for a CNN")
 
 
 def init_mlp(key: jax.Array, layer_sizes: Sequence[int], dtype=jnp.float32) -> list[dict]:

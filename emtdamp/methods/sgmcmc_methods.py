@@ -1,4 +1,5 @@
-"""SGLD / SGHMC with the SSGL prior and stochastic-approximation latents (Deng et al. 2019) on MLPs.
+"""SGLD / SGHMC with the SSGL prior and stochastic-approximation latents (Deng et al. 2019) on the MLP
+(``model.kind: mlp``) and the small CNN (``model.kind: cnn``, :mod:`emtdamp.cnn`).
 
 Registered methods (spec ``baselines.md`` A.2, A.3, A.6):
 
@@ -27,17 +28,32 @@ Energy (sum scale, ``N`` = training size, ``n`` = real rows of the minibatch)::
 with ``nll_i = Σ_out (y_i − ψ(x_i))² / (2σ²)`` (regression, standardised targets; a fixed variance
 replaces σ² when ``likelihood_var > 0``) or the softmax cross-entropy; ``X`` = kernels of
 ``ssgl_layers``, ``C`` = the other kernels and all biases.
+
+Layer indices (``ssgl_layers``, ``prune_layers``) index ONE ordered list of the network's weight
+kernels: for the MLP the dense kernels ``0 .. L−1`` (input layer first); for the CNN the conv kernels
+``Conv_0 .. Conv_{c−1}`` (indices ``0 .. c−1``, shape ``(k, k, C_in, C_out)``) followed by the dense
+kernels ``Dense_0 .. Dense_h`` (indices ``c .. c+h``). Negative indices count from the end. For the
+spec's Model 1 (``conv=[32, 64], kernel_size=5, hidden=[200]``): 0 = Conv_0 (5×5×1×32), 1 = Conv_1
+(5×5×32×64), 2 = Dense_0 = FC1 (3136×200, the paper's SSGL layer), 3 = Dense_1 (200×10). SSGL latents,
+masks and the SSGL penalty act elementwise on a kernel of any shape; biases are never sparse.
 After the sampler move: SA update of the latents at ``β^{k+1}`` (regression uses the residuals of the
 same minibatch at ``β^{k+1}``), then magnitude pruning ``s_k = S (1 − D^{k/U})`` with a permanent mask
 (per-layer target inflated so that the share of zero *kernel* weights reaches ``S``), then
 collection of thinned samples after ``burn_in`` iterations. Predictions average the network output
 (regression) or the softmax (classification) over the ``n_samples`` most recent kept samples (the
-current sample while none is kept yet).
+current sample while none is kept yet; the CNN evaluates the samples one after another, ``lax.map``,
+to bound memory).
+
+``sparsity``: ``weights_zero_frac`` = zero (or masked) entries over all kernel weights (conv and
+dense; biases not counted); ``neurons_pruned_frac`` = share of *dense hidden units* whose outgoing
+weights (row of the next dense kernel) are all zero. Conv channels are not counted as neurons, so for
+a CNN it covers only the ``hidden`` dense units (0 when ``hidden`` is empty).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import chex
 import jax
@@ -46,6 +62,7 @@ import optax
 
 from emtdamp import mlp
 from emtdamp import sgmcmc as sg
+from emtdamp.cnn import build_network
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
 
 
@@ -62,7 +79,8 @@ class SGMCMCHParams:
     anneal_rate: float = hparam(1.0, range=(0.5, 2.0),
                                 doc="inv_temp ×= anneal_rate per iteration; 1.0 = the method default (a_*: 1.003)")
     prior: str = hparam("ssgl", choices=("ssgl", "gaussian"), doc="SSGL on ssgl_layers, or L2 everywhere")
-    ssgl_layers: tuple[int, ...] = hparam((), doc="indices of dense layers whose kernel gets SSGL; () = all")
+    ssgl_layers: tuple[int, ...] = hparam((), doc="indices of weight layers (CNN: conv kernels, then dense) "
+                                          "whose kernel gets SSGL; () = all")
     weight_decay: float = hparam(1e-4, range=(0.0, 10.0), doc="L2 ½·N·wd·β² on non-SSGL kernels and biases")
     likelihood_var: float = hparam(0.0, range=(0.0, 1e12),
                                    doc="regression: 0 = noise variance is the SSGL σ² (paper); > 0 = this fixed "
@@ -90,7 +108,8 @@ class SGMCMCHParams:
     prune_damping: float = hparam(0.99, range=(0.0, 1.0), doc="D of s_k = S (1 − D^{k/U})")
     prune_gap: float = hparam(50.0, range=(1e-9, 1e12), doc="U of s_k = S (1 − D^{k/U}) (iterations)")
     prune_every: int = hparam(1, range=(1, 1_000_000), doc="re-threshold every this many iterations")
-    prune_layers: tuple[int, ...] = hparam((), doc="layers magnitude pruning acts on; () = the SSGL layers")
+    prune_layers: tuple[int, ...] = hparam((), doc="layers (indexed as ssgl_layers) magnitude pruning acts on; "
+                                           "() = the SSGL layers")
     rho_prune_threshold: float = hparam(0.0, range=(0.0, 1.0), doc="ρ-based pruning: drop ρ < threshold")
     rho_prune_step: int = hparam(0, range=(0, 10**12), doc="iteration of the one-shot ρ pruning (0 = off)")
     burn_in: int = hparam(0, range=(0, 10**12), doc="iterations before samples are kept")
@@ -102,8 +121,8 @@ class SGMCMCHParams:
 class SGMCMCState:
     """Everything a run changes, as arrays: params, momentum, SSGL latents, masks, schedules, samples."""
 
-    params: list
-    momentum: list
+    params: list | dict             # MLP: list of {"kernel", "bias"}; CNN: flax dict {"Conv_i": ..., "Dense_j": ...}
+    momentum: list | dict
     latents: sg.SSGLLatents | None
     hyper: sg.SSGLHyper | None
     masks: list
@@ -122,13 +141,42 @@ class SGMCMCState:
     samples: sg.SampleBuffer
 
 
-def _layers(sel: tuple[int, ...], n: int, what: str) -> tuple[int, ...]:
+def layer_keys(params: list | dict) -> list:
+    """Keys of the weight layers of an MLP or CNN params tree, in the network's order.
+
+    MLP (list of ``{"kernel", "bias"}``): ``[0, 1, ..., L−1]``. CNN (flax dict): ``["Conv_0", ...,
+    "Conv_{c−1}", "Dense_0", ..., "Dense_h"]`` (numeric order, so ``Conv_10`` follows ``Conv_9``).
+    ``params[key]["kernel"]`` is the kernel of layer ``i`` for ``key = layer_keys(params)[i]``.
+    """
+    if isinstance(params, (list, tuple)):
+        return list(range(len(params)))
+
+    def order(name: str) -> tuple[int, int]:
+        kind, _, idx = name.rpartition("_")
+        if kind not in ("Conv", "Dense") or not idx.isdigit():
+            raise ValueError(f"unexpected layer {name!r} in the params tree (want Conv_i / Dense_j)")
+        return (0 if kind == "Conv" else 1, int(idx))
+
+    return sorted(params, key=order)
+
+
+def _with_kernels(tree: list | dict, keys: list, kernels: list) -> list | dict:
+    """A shallow copy of ``tree`` with ``tree[key]["kernel"]`` replaced by ``kernels`` (same structure)."""
+    tree = list(tree) if isinstance(tree, (list, tuple)) else dict(tree)
+    for key, k in zip(keys, kernels, strict=True):
+        tree[key] = {**tree[key], "kernel": k}
+    return tree
+
+
+def _layers(sel: tuple[int, ...], names: list[str], what: str) -> tuple[int, ...]:
+    n = len(names)
     if not sel:
         return tuple(range(n))
-    out = tuple(sorted({i % n for i in sel}))
     if any(not -n <= i < n for i in sel):
-        raise ValueError(f"{what} {sel} out of range for a network with {n} dense layers")
-    return out
+        listing = ", ".join(f"{i} = {nm}" for i, nm in enumerate(names))
+        raise ValueError(f"{what} {list(sel)} out of range for a network with {n} weight layers ({listing}; "
+                         f"negative indices count from the end); use indices in [-{n}, {n - 1}]")
+    return tuple(sorted({i % n for i in sel}))
 
 
 def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default: float = 1.0) -> Method:
@@ -136,39 +184,43 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: SGMCMCHParams) -> SGMCMCState:
-        mlp.require_mlp(model, name)
         if not isinstance(hp, SGMCMCHParams):
             raise TypeError(f"{name}: hparams must be SGMCMCHParams, got {type(hp).__name__}")
-        if getattr(model, "kind", "mlp") != "mlp":
-            raise ValueError(f"{name}: only model.kind='mlp' is supported so far (got {model.kind!r}); the SSGL "
-                             "layer selection and pruning masks index dense kernels")
         dt = jnp.zeros(()).dtype
-        sizes = model.layer_sizes(data)
-        n_layers = len(sizes) - 1
-        sparse = _layers(hp.ssgl_layers, n_layers, "ssgl_layers") if hp.prior == "ssgl" else ()
-        prune_layers = _layers(hp.prune_layers, n_layers, "prune_layers") if hp.prune_layers else sparse
+        kind = getattr(model, "kind", "mlp")
+        init_fn, apply_fn = build_network(model, data)   # validates model.kind / the CNN against the data
+        kp, kr = jax.random.split(key)
+        if kind == "mlp":
+            params = mlp.init_mlp(kp, model.layer_sizes(data), dt)
+        else:   # flax initialises float32; the chain runs in the default float (float64 under x64)
+            params = jax.tree_util.tree_map(lambda v: v.astype(dt), init_fn(kp))
+        keys = layer_keys(params)
+        names = [f"Dense_{k}" if isinstance(k, int) else k for k in keys]
+        kshape = [params[k]["kernel"].shape for k in keys]
+        n_layers = len(keys)
+        sparse = _layers(hp.ssgl_layers, names, "ssgl_layers") if hp.prior == "ssgl" else ()
+        prune_layers = _layers(hp.prune_layers, names, "prune_layers") if hp.prune_layers else sparse
         pruning = hp.prune_target > 0 or hp.rho_prune_step > 0
         if hp.rho_prune_step > 0 and not set(prune_layers) <= set(sparse):
             raise ValueError(f"{name}: ρ-based pruning needs prune_layers ⊆ ssgl_layers")
         if pruning and not prune_layers:
             raise ValueError(f"{name}: pruning needs at least one layer (prior='gaussian' has no SSGL layers; "
                              "set prune_layers)")
-        k_sizes = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        k_sizes = [math.prod(sh) for sh in kshape]
         n_prunable = sum(k_sizes[i] for i in prune_layers)
         s_eff = sg.inflated_target(hp.prune_target, sum(k_sizes), n_prunable) if hp.prune_target > 0 else 0.0
         scale = s_eff / hp.prune_target if hp.prune_target > 0 else 1.0
-        cfg.update(task=data.task, activation=model.activation, sampler=sampler, sparse=sparse,
+        cfg.update(task=data.task, apply=apply_fn, kind=kind, keys=keys, n_layers=n_layers,
+                   dense=[not str(nm).startswith("Conv") for nm in names], sampler=sampler, sparse=sparse,
                    prune_layers=prune_layers if pruning else (), magnitude=hp.prune_target > 0,
                    rho_prune=hp.rho_prune_step > 0, prune_every=hp.prune_every, n_train=data.n_train,
                    n_out=data.n_outputs, n_samples=hp.n_samples)
-        kp, kr = jax.random.split(key)
         if jnp.issubdtype(kr.dtype, jax.dtypes.prng_key):   # keep raw uint32 key data (checkpointable)
             kr = jax.random.key_data(kr)
-        params = mlp.init_mlp(kp, sizes, dt)
-        xs = [params[i]["kernel"] for i in sparse]
+        xs = kernels_of(params, sparse)
         if sparse:
-            b = [float(params[i]["kernel"].size) if hp.beta_b <= 0 else hp.beta_b for i in sparse]
-            a = [float(params[i]["kernel"].size) if hp.beta_a <= 0 else hp.beta_a for i in sparse]
+            b = [float(k_sizes[i]) if hp.beta_b <= 0 else hp.beta_b for i in sparse]
+            a = [float(k_sizes[i]) if hp.beta_a <= 0 else hp.beta_a for i in sparse]
             hyper = sg.ssgl_hyper(len(sparse), v0=hp.v0, v1=hp.v1, a=tuple(a), b=tuple(b), nu=hp.nu, lam=hp.lam,
                                   scale_by_sigma=hp.scale_by_sigma, sa_on_sigma=hp.sa_on_sigma,
                                   learn_delta=hp.learn_delta, learn_sigma=hp.learn_sigma, dtype=dt)
@@ -182,7 +234,7 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         anneal = hp.anneal_rate if hp.anneal_rate != 1.0 else anneal_default
         state = SGMCMCState(
             params=params, momentum=jax.tree_util.tree_map(jnp.zeros_like, params), latents=lat, hyper=hyper,
-            masks=[jnp.ones(params[i]["kernel"].shape, bool) for i in cfg["prune_layers"]],
+            masks=[jnp.ones(kshape[i], bool) for i in cfg["prune_layers"]],
             lr=sg.polynomial_schedule(hp.learning_rate, hp.lr_offset, hp.lr_decay, dt),
             omega=sg.omega_schedule(omega_mode, A=hp.omega_a, Z=hp.omega_z, alpha=hp.omega_alpha,
                                     cap=hp.omega_cap, dtype=dt),
@@ -196,6 +248,10 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         return jax.tree_util.tree_map(lambda v: jnp.array(v, copy=True), state)
 
     # ---------------------------------------------------------------------------------------------
+    def kernels_of(params, layers) -> list:
+        """Kernels of the weight layers ``layers`` (indices into the ordered layer list)."""
+        return [params[cfg["keys"][i]]["kernel"] for i in layers]
+
     def per_row_nll(out, y, sigma2):
         if cfg["task"] == "regression":
             return jnp.sum((out - y) ** 2, axis=-1) / (2.0 * sigma2), jnp.mean((out - y) ** 2, axis=-1)
@@ -207,25 +263,24 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
 
     def energy(params, batch: Batch, state: SGMCMCState):
         n = jnp.maximum(jnp.sum(batch.w), 1.0)
-        out = mlp.apply(params, batch.x, cfg["activation"])
+        out = cfg["apply"](params, batch.x)
         nll, loss = per_row_nll(out, batch.y, noise_var(state))
         u = cfg["n_train"] / n * jnp.sum(batch.w * nll)
         sparse = cfg["sparse"]
         l2 = 0.0
-        for i, layer in enumerate(params):
+        for i, key in enumerate(cfg["keys"]):
             if i not in sparse:
-                l2 = l2 + jnp.sum(layer["kernel"] ** 2)
-            l2 = l2 + jnp.sum(layer["bias"] ** 2)
+                l2 = l2 + jnp.sum(params[key]["kernel"] ** 2)
+            l2 = l2 + jnp.sum(params[key]["bias"] ** 2)
         u = u + 0.5 * cfg["n_train"] * state.weight_decay * l2
         if sparse:
-            u = u + sg.ssgl_penalty([params[i]["kernel"] for i in sparse], state.latents)
+            u = u + sg.ssgl_penalty(kernels_of(params, sparse), state.latents)
         return u, jnp.sum(batch.w * loss) / n
 
     def mask_tree(tree, masks):
-        tree = [dict(layer) for layer in tree]
-        for j, i in enumerate(cfg["prune_layers"]):
-            tree[i]["kernel"] = jnp.where(masks[j], tree[i]["kernel"], 0.0)
-        return tree
+        layers = cfg["prune_layers"]
+        new = [jnp.where(m, k, 0.0) for m, k in zip(masks, kernels_of(tree, layers), strict=True)]
+        return _with_kernels(tree, [cfg["keys"][i] for i in layers], new)
 
     def step(state: SGMCMCState, batch: Batch):
         rng, k_noise = jax.random.split(state.rng)
@@ -243,9 +298,9 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         lat = state.latents
         sparse = cfg["sparse"]
         if sparse:
-            xs = [params[i]["kernel"] for i in sparse]
+            xs = kernels_of(params, sparse)
             if cfg["task"] == "regression":
-                out = mlp.apply(params, batch.x, cfg["activation"])
+                out = cfg["apply"](params, batch.x)
                 n = jnp.maximum(jnp.sum(batch.w), 1.0)
                 rss = cfg["n_train"] / n * jnp.sum(batch.w * jnp.sum((out - batch.y) ** 2, axis=-1))
                 lat = sg.sa_update(lat, xs, omega, state.hyper, n_obs=float(cfg["n_train"] * cfg["n_out"]),
@@ -257,8 +312,8 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         frac = sg.prune_fraction(state.prune, count) * state.prune_scale
         if cfg["magnitude"]:
             def do_prune(ms):
-                return [sg.magnitude_mask(params[i]["kernel"], m, frac)
-                        for i, m in zip(cfg["prune_layers"], ms, strict=True)]
+                return [sg.magnitude_mask(k, m, frac)
+                        for k, m in zip(kernels_of(params, cfg["prune_layers"]), ms, strict=True)]
             if cfg["prune_every"] == 1:
                 masks = do_prune(masks)
             else:
@@ -278,12 +333,19 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         return new, metrics
 
     def predict(state: SGMCMCState, x) -> Predictive:
-        act = cfg["activation"]
+        apply_fn = cfg["apply"]
         ring = sg.ring_samples(state.samples)
         w = sg.buffer_weights(state.samples)
         have = state.samples.n_collected > 0
-        outs = jax.vmap(lambda p: mlp.apply(p, x, act))(ring)                 # (S, n, d_out)
-        cur = mlp.apply(state.params, x, act)
+        if cfg["kind"] == "mlp":
+            outs = jax.vmap(lambda p: apply_fn(p, x))(ring)                   # (S, n, d_out)
+        else:   # one sample at a time (a vmapped conv would hold S copies of the im2col patches), and
+            # empty ring slots (weight 0: burn-in, buffer not full yet) are skipped at run time
+            out_t = jax.eval_shape(apply_fn, state.params, x)
+            outs = jax.lax.map(lambda a: jax.lax.cond(a[1] > 0, lambda p: apply_fn(p, x),
+                                                      lambda p: jnp.zeros(out_t.shape, out_t.dtype), a[0]),
+                               (ring, w))
+        cur = apply_fn(state.params, x)
         if cfg["task"] == "regression":
             mean = jnp.einsum("s,snd->nd", w, outs)
             second = jnp.einsum("s,snd->nd", w, outs ** 2)
@@ -295,14 +357,16 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         return Predictive(probs=jnp.where(have, probs, jax.nn.softmax(cur, axis=-1)))
 
     def sparsity(state: SGMCMCState) -> dict:
-        kernels = [layer["kernel"] for layer in state.params]
+        kernels = kernels_of(state.params, range(cfg["n_layers"]))
         n_w = sum(k.size for k in kernels)
         n_zero_mask = sum(int(jnp.sum(~m)) for m in state.masks)
         n_zero = sum(int(jnp.sum(k == 0)) for k in kernels)
         dead, hidden = 0, 0
-        for k_next in kernels[1:]:                       # hidden unit j: row j of the next kernel
-            hidden += k_next.shape[0]
-            dead += int(jnp.sum(jnp.all(k_next == 0, axis=1)))
+        for i in range(1, cfg["n_layers"]):
+            if cfg["dense"][i - 1]:                      # dense hidden unit j: row j of the next kernel
+                k_next = kernels[i]
+                hidden += k_next.shape[0]
+                dead += int(jnp.sum(jnp.all(k_next == 0, axis=1)))
         total = mlp.count_params(state.params)
         return {"neurons_pruned_frac": dead / hidden if hidden else 0.0,
                 "weights_zero_frac": max(n_zero_mask, n_zero) / n_w,
