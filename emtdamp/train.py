@@ -127,8 +127,7 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
     from tqdm.auto import tqdm
 
     npdt = np.float64 if dtype == "float64" else np.float32
-    x = jnp.asarray(data.x_train.astype(npdt))
-    y = jnp.asarray(data.y_train.astype(npdt) if data.spec.task == "regression" else data.y_train)
+    x, y, _ = _stack_data([data], npdt)
     bs = min(batch_size, len(data.x_train))
     key = jax.random.PRNGKey(seed)
     init_key, loop_key = jax.random.split(key)
