@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from emtdamp import config as cfgmod
+from emtdamp.divergence import DivergenceError
 
 
 def _fmt(v) -> str:
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (cfgmod.ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+    except (cfgmod.ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, FloatingPointError,
+            DivergenceError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"emtdamp {args.cmd}: error: {msg}", file=sys.stderr)
         return 2

@@ -60,6 +60,8 @@ class TrainConfig:
     dtype: str = "float32"
     eval_every: int = 1
     progress: bool = True
+    on_divergence: str = "stop"      # stop | warn | ignore (emtdamp.divergence)
+    divergence_factor: float = 1000.0  # growth of the train loss / test metric over its best that counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +98,10 @@ class Config:
 _RANGES = {
     "train.epochs": (1, 10_000_000), "train.batch_size": (1, 10_000_000), "train.seed": (0, 2**31 - 1),
     "train.eval_every": (1, 10_000_000), "output.checkpoint_every": (1, 10_000_000), "data.seed": (0, 2**31 - 1),
-    "model.kernel_size": (1, 64),
+    "model.kernel_size": (1, 64), "train.divergence_factor": (1.0 + 1e-9, 1e300),
 }
-_CHOICES = {"train.dtype": ("float32", "float64"), "model.activation": ("relu", "tanh", "gelu", "sigmoid"),
+_CHOICES = {"train.dtype": ("float32", "float64"), "train.on_divergence": ("stop", "warn", "ignore"),
+            "model.activation": ("relu", "tanh", "gelu", "sigmoid"),
             "model.kind": ("mlp", "cnn")}
 _BLOCKS = ("data", "model", "method", "train", "output", "sweep")
 

@@ -10,6 +10,7 @@ vmapped program (:func:`emtdamp.train.train_group`) and writes the same folder f
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -23,6 +24,7 @@ import yaml
 
 from emtdamp import config as cfgmod
 from emtdamp.data import load
+from emtdamp.divergence import DivergenceError, DivergenceGuard
 from emtdamp.federated import get_fed_method, train_federated
 from emtdamp.methods import get_method
 from emtdamp.metrics import plot_reliability
@@ -144,14 +146,36 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     if fm is not None:
         return _run_federated(cfg, fm, data, run_dir, on_epoch, progress)
     method = get_method(cfg.method.name)
-    res = train(method, cfg.method.hparams, cfg.model.spec(), data, epochs=cfg.train.epochs,
-                batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
-                eval_every=cfg.train.eval_every,
-                progress=cfg.train.progress if progress is None else progress, on_epoch=on_epoch,
-                on_checkpoint=on_checkpoint, resume=restore)
+    with _divergence_note(cfg, [run_dir]):
+        res = train(method, cfg.method.hparams, cfg.model.spec(), data, epochs=cfg.train.epochs,
+                    batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
+                    eval_every=cfg.train.eval_every,
+                    progress=cfg.train.progress if progress is None else progress, on_epoch=on_epoch,
+                    on_checkpoint=on_checkpoint, resume=restore, divergence=divergence_guard(cfg))
     summary = _summary(cfg, data, res)
     _finish(cfg, run_dir, summary, res.state, res.history, data, method)
     return run_dir, summary, res
+
+
+def divergence_guard(cfg: cfgmod.Config) -> DivergenceGuard:
+    """The divergence guard of ``cfg``'s ``train`` block (``on_divergence``, ``divergence_factor``)."""
+    return DivergenceGuard(mode=cfg.train.on_divergence, factor=cfg.train.divergence_factor)
+
+
+@contextlib.contextmanager
+def _divergence_note(cfg: cfgmod.Config, run_dirs: list[Path]):
+    """Re-raise a :class:`DivergenceError` with where the last good checkpoint is (or that there is none)."""
+    try:
+        yield
+    except DivergenceError as e:
+        progs = [d / "progress.json" for d in run_dirs]
+        if cfg.output.checkpoint and all(p.exists() for p in progs):
+            ep = json.loads(progs[0].read_text())["epoch"]
+            where = (f"the checkpoint of epoch {ep}, the last good one, is kept in "
+                     f"{run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent}")
+        else:
+            where = "no checkpoint was written before it"
+        raise DivergenceError(f"{e}; {where}", e.epoch) from None
 
 
 def _start_run_dir(cfg: cfgmod.Config, run_dir: str | Path | None) -> Path:
@@ -167,7 +191,8 @@ def _summary(cfg: cfgmod.Config, data, res, **extra) -> dict:
     return {"method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
             "epochs": cfg.train.epochs, "test": res.test, "sparsity": res.sparsity, "time": res.time,
             "data_seed": cfg.data.seed, "n_train": data.spec.n_train, "n_test": int(len(data.x_test)),
-            **_model_summary(cfg, data), **extra}
+            **_model_summary(cfg, data),
+            **({"diverged_at": res.diverged_at} if getattr(res, "diverged_at", None) is not None else {}), **extra}
 
 
 def _seedless(cfg: cfgmod.Config) -> str:
@@ -242,10 +267,11 @@ def _run_group_vmapped(cfgs, run_dirs: list[Path], progress):
                 save_checkpoint(d / "checkpoint.npz", jax.tree_util.tree_map(lambda a, i=i: a[i], states))
                 _atomic_write(d / "progress.json", lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
 
-    g = train_group(method, c0.method.hparams, c0.model.spec(), datasets, seeds=[c.train.seed for c in cfgs],
-                    epochs=c0.train.epochs, batch_size=c0.train.batch_size, dtype=c0.train.dtype,
-                    eval_every=c0.train.eval_every, progress=c0.train.progress if progress is None else progress,
-                    on_epoch=on_epoch, on_checkpoint=on_checkpoint)
+    with _divergence_note(c0, dirs):
+        g = train_group(method, c0.method.hparams, c0.model.spec(), datasets, seeds=[c.train.seed for c in cfgs],
+                        epochs=c0.train.epochs, batch_size=c0.train.batch_size, dtype=c0.train.dtype,
+                        eval_every=c0.train.eval_every, progress=c0.train.progress if progress is None else progress,
+                        on_epoch=on_epoch, on_checkpoint=on_checkpoint, divergence=divergence_guard(c0))
     out = []
     for cfg, d, data, res in zip(cfgs, dirs, datasets, g.runs, strict=True):
         summary = _summary(cfg, data, res, vmapped_group=len(cfgs), group_time=g.time)
@@ -265,6 +291,12 @@ def _model_summary(cfg, data) -> dict:
 
 
 def _finish(cfg, run_dir: Path, summary: dict, state, history: list, data, method) -> None:
+    if getattr(method, "diagnostics", None) is not None:  # MCMC convergence (R-hat / ESS), e.g. nuts
+        summary["diagnostics"] = diag = method.diagnostics(state)
+        high = {k: round(v, 3) for k, v in (diag.get("rhat") or {}).items() if v is not None and v > 1.05}
+        if high:
+            print(f"warning: {method.name} chains have not converged ({run_dir}): R-hat > 1.05 for {high}; "
+                  "run longer (warmup/draws) or more chains", file=sys.stderr)
     _atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if cfg.output.checkpoint:
         save_checkpoint(run_dir / "checkpoint.npz", state)

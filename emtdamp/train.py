@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emtdamp.data.base import Dataset
+from emtdamp.divergence import DivergenceError, DivergenceGuard, DivergenceMonitor
 from emtdamp.methods.base import Batch, Method, ModelSpec, Predictive
 from emtdamp.metrics import classification_metrics, regression_metrics
 
@@ -33,6 +35,7 @@ class TrainResult:
     test: dict
     sparsity: dict
     time: dict
+    diverged_at: int | None = None   # first epoch the divergence guard flagged (mode "warn"), else None
 
 
 def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -103,11 +106,34 @@ def check_finite(state, epoch: int) -> None:
                                  "lower the step size / learning rate or use train.dtype=float64")
 
 
+def guard_metric(task: str, test: dict) -> tuple[str, float]:
+    """The test metric the divergence guard watches: RMSE (regression) or NLL (classification)."""
+    name = "rmse" if task == "regression" else "nll"
+    return name, float(test[name])
+
+
+def _diverged(guard: DivergenceGuard, monitor: DivergenceMonitor, msg: str, record: dict) -> bool:
+    """Mark ``record`` as diverged; True when the run must stop (mode "stop"), else warn once."""
+    record["diverged"] = True
+    if guard.mode == "stop":
+        return True
+    if not monitor.warned:
+        monitor.warned = True
+        print(f"warning: {msg}; going on (train.on_divergence=warn)", file=sys.stderr)
+    return False
+
+
+def _stop_error(msg: str, epoch: int) -> DivergenceError:
+    return DivergenceError(f"{msg}; lower the step size / learning rate, or set train.on_divergence=warn "
+                           "to go on", epoch)
+
+
 def train(method: Method, hparams, model: ModelSpec, data: Dataset, *, epochs: int, batch_size: int,
           seed: int = 0, dtype: str = "float32", eval_every: int = 1, progress: bool = True,
           on_epoch: Callable[[dict], None] | None = None,
           on_checkpoint: Callable[[object, int], None] | None = None,
-          resume: Callable[[object], tuple[object, int]] | None = None) -> TrainResult:
+          resume: Callable[[object], tuple[object, int]] | None = None,
+          divergence: DivergenceGuard | None = None) -> TrainResult:
     """Train ``method`` on ``data`` and evaluate on its test split.
 
     ``on_epoch(record)`` receives each epoch's record (epoch, wall_s, train_loss, test metrics,
@@ -115,15 +141,19 @@ def train(method: Method, hparams, model: ModelSpec, data: Dataset, *, epochs: i
     epoch)`` is called after every epoch (run folders write an atomic checkpoint).
     ``resume(fresh_state) -> (state, epoch)`` restores a checkpoint: training continues at
     ``epoch + 1`` with the same per-epoch keys, so the result equals an uninterrupted run.
+    ``divergence`` is the guard (:mod:`emtdamp.divergence`; default: stop at a 1000-fold growth of
+    the training loss or test metric over its best). With mode "stop" it raises
+    :class:`~emtdamp.divergence.DivergenceError` after ``on_epoch`` saw the diverged epoch's record
+    (marked ``"diverged": true``) and before ``on_checkpoint`` could save the diverged state.
     """
     ctx = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
     with ctx:
         return _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_every, progress,
-                      on_epoch, on_checkpoint, resume)
+                      on_epoch, on_checkpoint, resume, divergence or DivergenceGuard())
 
 
 def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_every, progress, on_epoch,
-           on_checkpoint, resume):
+           on_checkpoint, resume, guard):
     from tqdm.auto import tqdm
 
     npdt = np.float64 if dtype == "float64" else np.float32
@@ -145,6 +175,7 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
     if resume is not None:
         state, start = resume(state)
     history, test, epoch_times = [], {}, []
+    monitor = DivergenceMonitor(guard, method.name)
     bar = tqdm(range(start + 1, epochs + 1), desc=f"{method.name}", unit="epoch", disable=not progress,
                leave=False, mininterval=0.5, initial=start, total=epochs)
     t_start = time.perf_counter()
@@ -156,15 +187,20 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
         loss = float(loss)
         epoch_times.append(time.perf_counter() - te)
         record = {"epoch": ep, "wall_s": time.perf_counter() - t_start, "train_loss": loss}
-        if ep % eval_every == 0 or ep == epochs:
+        msg = monitor.update(ep, loss)
+        if (msg is None or guard.mode != "stop") and (ep % eval_every == 0 or ep == epochs):
             check_finite(state, ep)
             test = evaluate(method, state, data)
             record.update({"test": test, "sparsity": default_sparsity(method, state)})
             bar.set_postfix({k: f"{v:.4g}" for k, v in test.items() if k in ("rmse", "accuracy", "nll")},
                             refresh=False)
+            msg = monitor.update_metric(ep, *guard_metric(data.spec.task, test)) or msg
+        stop = msg is not None and _diverged(guard, monitor, msg, record)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+        if stop:
+            raise _stop_error(msg, ep)
         if on_checkpoint is not None:
             on_checkpoint(state, ep)
     if not test:  # resumed after the last epoch: evaluate the restored state
@@ -172,7 +208,7 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
     total = time.perf_counter() - t_start
     return TrainResult(state=state, history=history, test=test, sparsity=default_sparsity(method, state),
                        time={"total_s": total, "per_epoch_s": float(np.median(epoch_times)) if epoch_times else 0.0,
-                             "compile_s": compile_s})
+                             "compile_s": compile_s}, diverged_at=monitor.diverged_at)
 
 
 class NotVmappable(RuntimeError):
@@ -220,7 +256,8 @@ def _stack_data(datasets: list[Dataset], npdt) -> tuple[jax.Array, jax.Array, in
 def train_group(method: Method, hparams, model: ModelSpec, datasets: Dataset | list[Dataset], *,
                 seeds: list[int], epochs: int, batch_size: int, dtype: str = "float32", eval_every: int = 1,
                 progress: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
-                on_checkpoint: Callable[[object, int], None] | None = None) -> GroupResult:
+                on_checkpoint: Callable[[object, int], None] | None = None,
+                divergence: DivergenceGuard | None = None) -> GroupResult:
     """Train R = ``len(seeds)`` runs *in one vmapped, jitted program*, each with its own train seed
     and its own dataset (states and data stacked on a leading run axis).
 
@@ -239,6 +276,9 @@ def train_group(method: Method, hparams, model: ModelSpec, datasets: Dataset | l
         ``on_epoch(i, record)`` for run i's record of each epoch (same fields as :func:`train`).
     on_checkpoint:
         ``on_checkpoint(states, epoch)`` after every epoch with the stacked ``(R, ...)`` state.
+    divergence:
+        The guard, applied to every run (see :func:`train`); with mode "stop" one diverged run stops
+        the group (the message names the run) before the diverged states are checkpointed.
 
     Returns
     -------
@@ -257,11 +297,11 @@ def train_group(method: Method, hparams, model: ModelSpec, datasets: Dataset | l
     ctx = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
     with ctx:
         return _train_group(method, hparams, model, datasets, list(seeds), epochs, batch_size, dtype, eval_every,
-                            progress, on_epoch, on_checkpoint)
+                            progress, on_epoch, on_checkpoint, divergence or DivergenceGuard())
 
 
 def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dtype, eval_every, progress,
-                 on_epoch, on_checkpoint):
+                 on_epoch, on_checkpoint, guard):
     from tqdm.auto import tqdm
 
     r = len(seeds)
@@ -290,6 +330,8 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
     compile_s = time.perf_counter() - t0
 
     histories, tests, epoch_times = [[] for _ in range(r)], [{} for _ in range(r)], []
+    monitors = [DivergenceMonitor(guard, f"{method.name} (run {i} of the vmapped group, train seed {s})")
+                for i, s in enumerate(seeds)]
     bar = tqdm(range(1, epochs + 1), desc=f"{method.name} x{r}", unit="epoch", disable=not progress, leave=False,
                mininterval=0.5)
     t_start = time.perf_counter()
@@ -303,7 +345,9 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
         epoch_times.append(time.perf_counter() - te)
         wall = time.perf_counter() - t_start
         records = [{"epoch": ep, "wall_s": wall, "train_loss": float(loss[i])} for i in range(r)]
-        if ep % eval_every == 0 or ep == epochs:
+        msgs = [m.update(ep, float(loss[i])) for i, m in enumerate(monitors)]
+        halt = guard.mode == "stop" and any(m is not None for m in msgs)
+        if not halt and (ep % eval_every == 0 or ep == epochs):
             for i in range(r):
                 st = _slice(states, i)
                 try:
@@ -312,12 +356,17 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
                     raise FloatingPointError(f"run {i} of the vmapped group (train seed {seeds[i]}): {e}") from None
                 tests[i] = evaluate(method, st, dsets[i])
                 records[i].update({"test": tests[i], "sparsity": default_sparsity(method, st)})
+                msgs[i] = monitors[i].update_metric(ep, *guard_metric(spec.task, tests[i])) or msgs[i]
             key = "rmse" if spec.task == "regression" else "accuracy"
             bar.set_postfix({f"mean {key}": f"{np.mean([t[key] for t in tests]):.4g}"}, refresh=False)
+        stops = [m is not None and _diverged(guard, monitors[i], m, records[i]) for i, m in enumerate(msgs)]
         for i in range(r):
             histories[i].append(records[i])
             if on_epoch is not None:
                 on_epoch(i, records[i])
+        if any(stops):
+            i = stops.index(True)
+            raise _stop_error(msgs[i], ep)
         if on_checkpoint is not None:
             on_checkpoint(states, ep)
     total = time.perf_counter() - t_start
@@ -326,7 +375,8 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
     for i in range(r):
         st = _slice(states, i)
         runs.append(TrainResult(state=st, history=histories[i], test=tests[i], sparsity=default_sparsity(method, st),
-                                time={"total_s": total / r, "per_epoch_s": per_epoch / r, "compile_s": compile_s / r}))
+                                time={"total_s": total / r, "per_epoch_s": per_epoch / r, "compile_s": compile_s / r},
+                                diverged_at=monitors[i].diverged_at))
     return GroupResult(runs=runs, states=states,
                        time={"total_s": total, "epochs_s": float(np.sum(epoch_times)), "per_epoch_s": per_epoch,
                              "compile_s": compile_s, "runs": r})
