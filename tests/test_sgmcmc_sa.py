@@ -63,8 +63,8 @@ HYPS = [dict(v0=0.1, v1=10.0, a=1.0, b=50.0, nu=1.0, lam=1.0),          # UCI / 
 
 def _to_jax(betas, rho, k0, k1, delta, sigma2):
     j = lambda xs: [jnp.asarray(x) for x in xs]
-    lat = ssgl.SSGLLatents(rho=j(rho), kappa0=j(k0), kappa1=j(k1), delta=jnp.asarray(delta),
-                           sigma2=jnp.asarray(sigma2))
+    lat = ssgl.latents_from_values(rho=j(rho), kappa0=j(k0), kappa1=j(k1), delta=jnp.asarray(delta),
+                                   sigma2=jnp.asarray(sigma2))
     return j(betas), lat
 
 
@@ -126,8 +126,9 @@ def test_omega_one_is_em_fixed_point(x64):
     one = jnp.asarray(1.0)
     a_out = ssgl.sa_update(lat, xs, one, hyper, n_obs=jnp.asarray(200.0), rss=jnp.asarray(50.0))
     # different previous ρ, κ (same δ, σ used by ρ̃) give the same output
-    lat2 = lat.replace(rho=[r * 0 + 0.3 for r in lat.rho], kappa0=[k * 7 for k in lat.kappa0],
-                       kappa1=[k * 0 for k in lat.kappa1])
+    lat2 = ssgl.latents_from_values(rho=[r * 0 + 0.3 for r in lat.rho], kappa0=[k * 7 for k in lat.kappa0],
+                                    kappa1=[k * 0 for k in lat.kappa1], delta=jnp.asarray(delta),
+                                    sigma2=jnp.asarray(sigma2))
     b_out = ssgl.sa_update(lat2, xs, one, hyper, n_obs=jnp.asarray(200.0), rss=jnp.asarray(50.0))
     for u, v in zip(jax.tree_util.tree_leaves(a_out), jax.tree_util.tree_leaves(b_out), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-12)

@@ -228,8 +228,8 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                                   delta=hp.delta_init, sigma=hp.sigma_init)
         else:
             hyper = None
-            lat = sg.SSGLLatents(rho=[], kappa0=[], kappa1=[], delta=jnp.zeros((0,), dt),
-                                 sigma2=jnp.asarray(hp.sigma_init, dt) ** 2)
+            lat = sg.latents_from_values(rho=[], kappa0=[], kappa1=[], delta=jnp.zeros((0,), dt),
+                                         sigma2=jnp.asarray(hp.sigma_init, dt) ** 2)
         f = lambda v: jnp.asarray(v, dt)
         anneal = hp.anneal_rate if hp.anneal_rate != 1.0 else anneal_default
         state = SGMCMCState(

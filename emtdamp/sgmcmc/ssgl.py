@@ -10,6 +10,15 @@ weight), ``κ1 = ρ / v1`` (adaptive L2 weight), ``δ`` per layer, ``σ²`` shar
 The sparse leaves are passed as a list ``xs`` of arrays (one per sparse layer); ``ρ, κ0, κ1`` are
 lists of arrays of the same shapes, ``δ, a, b`` arrays of shape ``(L,)``.
 
+Representation. The two probabilities are stored as the pair ``(log p, log(1 − p))``
+(:class:`SSGLLatents` fields ``log_rho, log1m_rho, log_delta, log1m_delta``), so 0 and 1 are never
+reached exactly: the SA step ``p ← (1 − ω) p + ω p*`` is done in log space,
+``log p ← logaddexp(log(1 − ω) + log p, log ω + log p*)`` and the same for ``1 − p`` (:func:`log_mix`),
+which stays finite however small ``p*`` is, and the E-step reads ``log δ, log(1 − δ)`` directly. In
+float32 the plain update makes ``δ`` underflow to exactly 0 with the R demo's settings, and ``δ = 0`` is
+absorbing (``log δ = −∞`` gives ``ρ̃ = 0``); see ``docs/sgmcmc_sa.md`` section 3. ``lat.rho`` and
+``lat.delta`` give the values; :func:`latents_from_values` builds latents from values.
+
 Every update below is a separate pure function ``latents -> latents`` so that "sample β" and
 "update latents" compose as in Algorithm 1; :func:`sa_update` chains steps 4-7 in the reference
 code's order (``ρ̃`` uses the old ``δ, σ``; ``κ`` and ``δ`` use the new ``ρ``; ``σ`` uses the new ``κ``).
@@ -48,13 +57,43 @@ class SSGLHyper:
 
 @chex.dataclass
 class SSGLLatents:
-    """SA-updated latents: lists ``rho, kappa0, kappa1`` (like ``xs``), ``delta (L,)``, ``sigma2 ()``."""
+    """SA-updated latents, ``ρ`` and ``δ`` in log space (module docstring, "Representation").
 
-    rho: list
+    ``log_rho, log1m_rho``: lists like ``xs`` holding ``log ρ`` and ``log(1 − ρ)``; ``kappa0, kappa1``:
+    lists like ``xs``; ``log_delta, log1m_delta``: ``(L,)`` holding ``log δ`` and ``log(1 − δ)``;
+    ``sigma2``: ``()``. Values: the properties ``rho`` (list) and ``delta`` ``(L,)``.
+    """
+
+    log_rho: list
+    log1m_rho: list
     kappa0: list
     kappa1: list
-    delta: jax.Array
+    log_delta: jax.Array
+    log1m_delta: jax.Array
     sigma2: jax.Array
+
+    @property
+    def rho(self) -> list:
+        """``ρ = exp(log ρ)`` per weight (list like ``xs``; may underflow to 0 as a value, never in the state)."""
+        return [jnp.exp(v) for v in self.log_rho]
+
+    @property
+    def delta(self) -> jax.Array:
+        """``δ = exp(log δ)``, shape ``(L,)``."""
+        return jnp.exp(self.log_delta)
+
+
+def latents_from_values(*, rho: list, kappa0: list, kappa1: list, delta: jax.Array,
+                        sigma2: jax.Array) -> SSGLLatents:
+    """:class:`SSGLLatents` from values ``ρ`` (list), ``κ0, κ1`` (lists), ``δ`` ``(L,)`` and ``σ²`` ``()``.
+
+    ``log ρ = log(ρ)``, ``log(1 − ρ) = log1p(−ρ)`` (likewise ``δ``); the dtype is that of the inputs.
+    """
+    delta = jnp.asarray(delta)
+    return SSGLLatents(log_rho=[jnp.log(jnp.asarray(r)) for r in rho],
+                       log1m_rho=[jnp.log1p(-jnp.asarray(r)) for r in rho],
+                       kappa0=[jnp.asarray(k) for k in kappa0], kappa1=[jnp.asarray(k) for k in kappa1],
+                       log_delta=jnp.log(delta), log1m_delta=jnp.log1p(-delta), sigma2=jnp.asarray(sigma2))
 
 
 def ssgl_hyper(n_layers: int, *, v0: float = 0.1, v1: float = 10.0, a: float | tuple[float, ...] = 1.0,
@@ -71,12 +110,13 @@ def ssgl_hyper(n_layers: int, *, v0: float = 0.1, v1: float = 10.0, a: float | t
 
 
 def init_latents(xs: list, *, rho: float = 0.5, kappa0: float = 1.0, kappa1: float = 1.0,
-                 delta: float = 0.5, sigma: float = 1.0) -> SSGLLatents:
-    """Constant initial latents shaped like the sparse leaves ``xs`` (dtype of ``xs``)."""
-    dt = xs[0].dtype
-    full = lambda v: [jnp.full(x.shape, v, x.dtype) for x in xs]
-    return SSGLLatents(rho=full(rho), kappa0=full(kappa0), kappa1=full(kappa1),
-                       delta=jnp.full((len(xs),), delta, dt), sigma2=jnp.asarray(sigma, dt) ** 2)
+                 delta: float = 0.5, sigma: float = 1.0, dtype=None) -> SSGLLatents:
+    """Constant initial latents shaped like the sparse leaves ``xs`` (dtype of ``xs``, or ``dtype``
+    when given, which ``xs = []`` needs)."""
+    dt = dtype or xs[0].dtype
+    full = lambda v: [jnp.full(x.shape, v, dt) for x in xs]
+    return latents_from_values(rho=full(rho), kappa0=full(kappa0), kappa1=full(kappa1),
+                               delta=jnp.full((len(xs),), delta, dt), sigma2=jnp.asarray(sigma, dt) ** 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,26 +138,63 @@ def ssgl_penalty(xs: list, lat: SSGLLatents) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 # SA steps 4-7 (each pure)
 # --------------------------------------------------------------------------------------------------
-def rho_tilde(xs: list, delta: jax.Array, sigma2: jax.Array, hyper: SSGLHyper) -> list:
-    """E-step (step 4): ``ρ̃ = sigmoid(la − lb)`` computed in log space, per weight.
+def rho_tilde_logit(xs: list, log_delta: jax.Array, log1m_delta: jax.Array, sigma2: jax.Array,
+                    hyper: SSGLHyper) -> list:
+    """E-step (step 4) in log space: ``la − lb`` per weight, so that ``ρ̃ = sigmoid(la − lb)``.
 
     ``la = log N(β; 0, σ² v1) + log δ_l``, ``lb = log Laplace(β; 0, σ v0) + log(1 − δ_l)``
-    (without the σ factors when ``hyper.scale_by_sigma == 0``).
+    (without the σ factors when ``hyper.scale_by_sigma == 0``); ``log δ``, ``log(1 − δ)`` are read as
+    stored, so a tiny δ never becomes ``log 0``. Returns a list like ``xs``.
     """
     sig = jnp.where(hyper.scale_by_sigma > 0, jnp.sqrt(sigma2), 1.0)
     var1 = sig ** 2 * hyper.v1
     scale0 = sig * hyper.v0
     out = []
     for i, x in enumerate(xs):
-        la = -0.5 * jnp.log(2.0 * math.pi * var1) - x * x / (2.0 * var1) + jnp.log(delta[i])
-        lb = -jnp.log(2.0 * scale0) - jnp.abs(x) / scale0 + jnp.log1p(-delta[i])
-        out.append(jax.nn.sigmoid(la - lb).astype(x.dtype))
+        la = -0.5 * jnp.log(2.0 * math.pi * var1) - x * x / (2.0 * var1) + log_delta[i]
+        lb = -jnp.log(2.0 * scale0) - jnp.abs(x) / scale0 + log1m_delta[i]
+        out.append((la - lb).astype(x.dtype))
     return out
 
 
+def rho_tilde(xs: list, delta: jax.Array, sigma2: jax.Array, hyper: SSGLHyper) -> list:
+    """E-step (step 4) from a value ``δ`` ``(L,)``: ``ρ̃ = sigmoid(la − lb)`` (:func:`rho_tilde_logit`).
+
+    :func:`sa_update` does not use this form: it passes the stored ``log δ, log(1 − δ)``.
+    """
+    delta = jnp.asarray(delta)
+    z = rho_tilde_logit(xs, jnp.log(delta), jnp.log1p(-delta), sigma2, hyper)
+    return [jax.nn.sigmoid(v) for v in z]
+
+
+def log_mix(log_p: jax.Array, log1m_p: jax.Array, log_t: jax.Array, log1m_t: jax.Array,
+            omega: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``p ← (1 − ω) p + ω t`` on ``(log p, log(1 − p))`` pairs (elementwise, any shapes that broadcast).
+
+    ``log p' = logaddexp(log(1 − ω) + log p, log ω + log t)`` and the same for ``1 − p'`` from
+    ``1 − p, 1 − t``: finite whenever ``log p`` or ``log t`` is, however small ``p`` and ``t`` are
+    (no underflow to ``p = 0``); ``ω = 0`` returns the inputs bit for bit, ``ω = 1`` returns
+    ``(log t, log(1 − t))`` bit for bit.
+    """
+    l1w, lw = jnp.log1p(-omega), jnp.log(omega)
+    return jnp.logaddexp(l1w + log_p, lw + log_t), jnp.logaddexp(l1w + log1m_p, lw + log1m_t)
+
+
 def sa_rho(rho: list, rho_t: list, omega: jax.Array) -> list:
-    """Step 4 (SA): ``ρ ← (1 − ω) ρ + ω ρ̃``."""
+    """Step 4 (SA) on values: ``ρ ← (1 − ω) ρ + ω ρ̃`` (the plain formula; :func:`sa_update` uses
+    :func:`sa_log_rho`)."""
     return [(1.0 - omega) * r + omega * t for r, t in zip(rho, rho_t, strict=True)]
+
+
+def sa_log_rho(log_rho: list, log1m_rho: list, z: list, omega: jax.Array) -> tuple[list, list]:
+    """Step 4 (SA) in log space: ``ρ ← (1 − ω) ρ + ω ρ̃`` with ``ρ̃ = sigmoid(z)`` (:func:`log_mix`).
+
+    ``z`` is :func:`rho_tilde_logit`; ``log ρ̃ = log_sigmoid(z)``, ``log(1 − ρ̃) = log_sigmoid(−z)``.
+    Returns the new ``(log ρ, log(1 − ρ))`` lists.
+    """
+    out = [log_mix(lr, l1, jax.nn.log_sigmoid(v), jax.nn.log_sigmoid(-v), omega)
+           for lr, l1, v in zip(log_rho, log1m_rho, z, strict=True)]
+    return [o[0] for o in out], [o[1] for o in out]
 
 
 def update_kappa(kappa0: list, kappa1: list, rho: list, omega: jax.Array,
@@ -129,16 +206,53 @@ def update_kappa(kappa0: list, kappa1: list, rho: list, omega: jax.Array,
 
 
 def delta_target(rho: list, hyper: SSGLHyper) -> jax.Array:
-    """M-step value of ``δ_l``: ``(Σ_j ρ_lj + a_l − 1) / (a_l + b_l + p_l − 2)``, shape ``(L,)``."""
+    """M-step value of ``δ_l``: ``(Σ_j ρ_lj + a_l − 1) / (a_l + b_l + p_l − 2)``, shape ``(L,)``.
+
+    ``a − 1`` is formed first (``Σρ + (a − 1)``), so ``a = 1`` loses nothing of a tiny ``Σρ``.
+    """
     sums = jnp.stack([jnp.sum(r) for r in rho])
     p = jnp.asarray([r.size for r in rho], sums.dtype)
-    return (sums + hyper.a - 1.0) / (hyper.a + hyper.b + p - 2.0)
+    return (sums + (hyper.a - 1.0)) / (hyper.a + hyper.b + p - 2.0)
+
+
+def _log_pseudo(lse: jax.Array, c: jax.Array) -> jax.Array:
+    """``log(S + c)`` for ``S = exp(lse) ≥ 0``: log-sum-exp when ``c ≥ 0``; when ``c < 0`` (Beta
+    parameter below 1) the value ``S + c`` is floored at the smallest normal number (the prior's
+    mode is then at the boundary; the floor keeps it representable and not absorbing)."""
+    tiny = jnp.finfo(lse.dtype).tiny
+    pos = jnp.logaddexp(lse, jnp.log(jnp.maximum(c, 0.0)))
+    neg = jnp.log(jnp.maximum(jnp.exp(lse) + c, tiny))
+    return jnp.where(c >= 0, pos, neg)
+
+
+def log_delta_target(log_rho: list, log1m_rho: list, hyper: SSGLHyper) -> tuple[jax.Array, jax.Array]:
+    """:func:`delta_target` in log space: ``(log δ*, log(1 − δ*))``, each ``(L,)``.
+
+    ``δ* = A / (A + B)`` with ``A = Σ_j ρ_lj + a_l − 1`` and ``B = Σ_j (1 − ρ_lj) + b_l − 1`` (``A + B =
+    a_l + b_l + p_l − 2``); ``log Σρ`` and ``log Σ(1 − ρ)`` are log-sum-exps of the stored logs.
+    """
+    lse = jax.scipy.special.logsumexp
+    la = _log_pseudo(jnp.stack([lse(v) for v in log_rho]), hyper.a - 1.0)
+    lb = _log_pseudo(jnp.stack([lse(v) for v in log1m_rho]), hyper.b - 1.0)
+    lz = jnp.logaddexp(la, lb)
+    return la - lz, lb - lz
 
 
 def update_delta(delta: jax.Array, rho: list, omega: jax.Array, hyper: SSGLHyper) -> jax.Array:
-    """Step 6: ``δ ← (1 − ω) δ + ω δ*`` (``ω`` times ``hyper.learn_delta``)."""
-    w = omega * hyper.learn_delta
-    return (1.0 - w) * delta + w * delta_target(rho, hyper)
+    """Step 6 on values: ``δ ← (1 − ω) δ + ω δ*`` (``ω`` times ``hyper.learn_delta``), via
+    :func:`update_log_delta`."""
+    delta = jnp.asarray(delta)
+    ld, _ = update_log_delta(jnp.log(delta), jnp.log1p(-delta), [jnp.log(r) for r in rho],
+                             [jnp.log1p(-r) for r in rho], omega, hyper)
+    return jnp.exp(ld)
+
+
+def update_log_delta(log_delta: jax.Array, log1m_delta: jax.Array, log_rho: list, log1m_rho: list,
+                     omega: jax.Array, hyper: SSGLHyper) -> tuple[jax.Array, jax.Array]:
+    """Step 6 in log space: ``δ ← (1 − ω') δ + ω' δ*`` with ``ω' = ω · learn_delta`` (:func:`log_mix`,
+    :func:`log_delta_target`). Returns the new ``(log δ, log(1 − δ))``, each ``(L,)``."""
+    lt, l1t = log_delta_target(log_rho, log1m_rho, hyper)
+    return log_mix(log_delta, log1m_delta, lt, l1t, omega * hyper.learn_delta)
 
 
 def sigma_root(ra: jax.Array, rb: jax.Array, rc: jax.Array) -> jax.Array:
@@ -185,12 +299,14 @@ def sa_update(lat: SSGLLatents, xs: list, omega: jax.Array, hyper: SSGLHyper, *,
     ``ω = 0`` leaves every latent unchanged; ``ω = 1`` is the EM update (fixed point of the
     E/M maps); regression passes ``rss`` and ``n_obs`` (see :func:`sigma_coefficients`).
     """
-    rt = rho_tilde(xs, lat.delta, lat.sigma2, hyper)
-    rho = sa_rho(lat.rho, rt, omega)
+    z = rho_tilde_logit(xs, lat.log_delta, lat.log1m_delta, lat.sigma2, hyper)
+    log_rho, log1m_rho = sa_log_rho(lat.log_rho, lat.log1m_rho, z, omega)
+    rho = [jnp.exp(v) for v in log_rho]
     k0, k1 = update_kappa(lat.kappa0, lat.kappa1, rho, omega, hyper)
-    delta = update_delta(lat.delta, rho, omega, hyper)
+    ld, l1d = update_log_delta(lat.log_delta, lat.log1m_delta, log_rho, log1m_rho, omega, hyper)
     s2 = update_sigma2(lat.sigma2, xs, k0, k1, omega, hyper, n_obs=n_obs, rss=rss)
-    return lat.replace(rho=rho, kappa0=k0, kappa1=k1, delta=delta, sigma2=s2)
+    return lat.replace(log_rho=log_rho, log1m_rho=log1m_rho, kappa0=k0, kappa1=k1, log_delta=ld,
+                       log1m_delta=l1d, sigma2=s2)
 
 
 # --------------------------------------------------------------------------------------------------
