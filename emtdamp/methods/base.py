@@ -111,6 +111,10 @@ class Method:
     end_epoch:
         Optional ``end_epoch(state, epoch: int array) -> state``, called (jitted) after each epoch
         for schedules that act per epoch (pruning ramps, evidence resets, per-epoch M-steps).
+    diagnostics:
+        Optional ``diagnostics(state) -> dict`` of JSON-able convergence diagnostics (MCMC R-hat /
+        ESS), called once on the final state; run folders store it as ``summary["diagnostics"]`` and
+        warn on stderr when a value of its ``"rhat"`` dict exceeds 1.05.
     """
 
     name: str
@@ -121,6 +125,7 @@ class Method:
     sparsity: Callable[[PyTree], dict] | None = None
     end_epoch: Callable[[PyTree, jax.Array], PyTree] | None = None
     description: str = ""
+    diagnostics: Callable[[PyTree], dict] | None = None
 
 
 _REGISTRY: dict[str, Callable[[], Method]] = {}
