@@ -208,3 +208,17 @@ def test_nuts_run_folder_has_rhat_and_ess(tmp_path, capsys):
     # 4 draws of a barely-adapted sampler have not converged: the run says so on stderr
     if max(d["rhat"].values()) > 1.05:
         assert "R-hat > 1.05" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_nuts_vmapped_group_equals_single_runs():
+    """Two data splits as one vmapped program (sweep.vmap) give each split's single-run result."""
+    from emtdamp.train import train_group
+
+    m = get_method("nuts")
+    hp = m.hparams_cls(chains=2, warmup=6, draws=4, max_num_doublings=3)
+    ds = [load("boston", seed=s, test_fraction=0.1) for s in (0, 1)]
+    g = train_group(m, hp, ModelSpec((4,)), ds, seeds=[0, 0], epochs=10, batch_size=1000)
+    r = train(m, hp, ModelSpec((4,)), ds[1], epochs=10, batch_size=1000, seed=0, progress=False)
+    for k, v in r.test.items():
+        assert g.runs[1].test[k] == pytest.approx(v, rel=1e-4), k

@@ -74,7 +74,9 @@ def make_schedule(num_warmup: int) -> Schedule:
     """Stan's schedule for ``num_warmup`` steps (:func:`blackjax.adaptation.window_adaptation.build_schedule`:
     75-step initial fast buffer, slow windows doubling from 25, 50-step final fast buffer, resized
     proportionally for short warm-ups; fewer than 20 steps adapt the step size only)."""
-    sched = build_schedule(num_warmup) if num_warmup > 0 else [(0, False)]
+    with jax.ensure_compile_time_eval():   # concrete even when called inside jit / vmap (init of a vmapped group)
+        sched = build_schedule(num_warmup) if num_warmup > 0 else [(0, False)]
+        sched = [(int(s), bool(e)) for s, e in sched]
     stage = np.asarray([s for s, _ in sched], np.int32)
     end = np.asarray([e for _, e in sched], bool)
     return Schedule(stage=jnp.asarray(stage), window_end=jnp.asarray(end))
