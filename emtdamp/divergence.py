@@ -9,8 +9,9 @@ far, or becomes NaN/inf. What happens then is ``mode``:
 - ``"warn"``: one line on stderr the first time, and training goes on;
 - ``"ignore"``: nothing.
 
-"Grows by more than ``factor``" means ``value > best + (factor − 1)·|best|`` (for a positive best:
-``value > factor · best``), so the rule also reads sensibly for losses that can be negative.
+"Grows by more than ``factor``" means ``value > factor · best`` for a positive best. A loss that can
+be zero or negative (e.g. a negative log density per row) has no such ratio; there the scale is the
+first epoch's value: ``value > best + (factor − 1)·|first|``.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ class DivergenceGuard:
             raise ValueError(f"divergence factor must be > 1, got {self.factor!r}")
 
 
-def grew_past(value: float, best: float, factor: float) -> bool:
-    """Whether ``value`` exceeds ``best`` by more than ``factor`` (see the module docstring)."""
-    return value > best + (factor - 1.0) * abs(best)
+def grew_past(value: float, best: float, factor: float, first: float | None = None) -> bool:
+    """Whether ``value`` exceeds ``best`` by more than ``factor`` (see the module docstring; ``first``
+    is the first value seen, the scale used when ``best <= 0``)."""
+    scale = best if best > 0 else abs(first if first is not None else best)
+    return value > best + (factor - 1.0) * scale
 
 
 @dataclasses.dataclass
@@ -59,8 +62,10 @@ class DivergenceMonitor:
     name: str
     best_loss: float = math.inf
     best_loss_epoch: int = 0
+    first_loss: float | None = None
     best_metric: float = math.inf
     best_metric_epoch: int = 0
+    first_metric: float | None = None
     warned: bool = False
     diverged_at: int | None = None
 
@@ -68,7 +73,9 @@ class DivergenceMonitor:
         """Record epoch ``epoch``'s training loss; a one-line message if the run diverged here, else None."""
         if self.guard.mode == "ignore":
             return None
-        msg = self._check("train loss", loss, self.best_loss, self.best_loss_epoch, epoch)
+        if self.first_loss is None and math.isfinite(loss):
+            self.first_loss = loss
+        msg = self._check("train loss", loss, self.best_loss, self.best_loss_epoch, self.first_loss, epoch)
         if msg is None and loss < self.best_loss:
             self.best_loss, self.best_loss_epoch = loss, epoch
         return self._seen(msg, epoch)
@@ -77,7 +84,9 @@ class DivergenceMonitor:
         """Record an evaluated epoch's test metric ``name`` (lower is better, e.g. RMSE or NLL)."""
         if self.guard.mode == "ignore":
             return None
-        msg = self._check(f"test {name}", value, self.best_metric, self.best_metric_epoch, epoch)
+        if self.first_metric is None and math.isfinite(value):
+            self.first_metric = value
+        msg = self._check(f"test {name}", value, self.best_metric, self.best_metric_epoch, self.first_metric, epoch)
         if msg is None and value < self.best_metric:
             self.best_metric, self.best_metric_epoch = value, epoch
         return self._seen(msg, epoch)
@@ -87,10 +96,11 @@ class DivergenceMonitor:
             self.diverged_at = epoch
         return msg
 
-    def _check(self, what: str, value: float, best: float, best_epoch: int, epoch: int) -> str | None:
+    def _check(self, what: str, value: float, best: float, best_epoch: int, first: float | None,
+               epoch: int) -> str | None:
         if not math.isfinite(value):
             return f"{self.name} diverged at epoch {epoch}: {what} is {value}"
-        if math.isfinite(best) and grew_past(value, best, self.guard.factor):
+        if math.isfinite(best) and grew_past(value, best, self.guard.factor, first):
             growth = value / best if best > 0 else math.inf
             ratio = f"{growth:.3g} x its best" if math.isfinite(growth) else "far above its best"
             return (f"{self.name} diverged at epoch {epoch}: {what} {value:.4g} is {ratio} {best:.4g} "

@@ -74,7 +74,9 @@ def _unstable_lr(factor: float = 1.6) -> float:
 # --------------------------------------------------------------------------------------------------
 def test_growth_rule():
     assert grew_past(1001.0, 1.0, 1000.0) and not grew_past(999.0, 1.0, 1000.0)
-    assert grew_past(10.0, -1.0, 10.0) and not grew_past(8.0, -1.0, 10.0)  # negative best: by |best|
+    # a best <= 0 has no ratio: the first value sets the scale
+    assert grew_past(10.0, -1.0, 10.0, first=1.0) and not grew_past(8.0, -1.0, 10.0, first=1.0)
+    assert not grew_past(50.0, -0.001, 10.0, first=20.0) and grew_past(181.0, 0.0, 10.0, first=20.0)
     m = DivergenceMonitor(DivergenceGuard("stop", 10.0), "m")
     assert m.update(1, 2.0) is None and m.update(2, 1.0) is None and m.update(3, 9.0) is None
     msg = m.update(4, 11.0)
