@@ -14,8 +14,15 @@ Per step, with ``g = grad lbar(w)`` (minibatch *mean* loss, no prior), ``C = sqr
     eps  = slab eps1 + (1 - slab) eps0          (ungrouped leaves: eps_ungrouped)
     rho <- rho - eta (T^2 C^3 eps tau + T C^1.5 xi_prev g - 1/(tau N))
     tau  = sigmoid(rho);  xi = N(0, I) fresh
-    m   <- beta1 m - C^2 beta2 (g + eps w) + sqrt(2 + 2 beta1^2) C^1.5 T xi
+    m   <- beta1 m - C^2 beta2 (g + eps w) + sd xi
     w   <- (w + tau m) * keep
+
+with ``sd = sqrt(2 + 2 beta1^2) C^1.5 T`` (the reference; a cold chain) or, with ``posterior_noise``,
+``sd = sqrt(2 (1 - beta1) beta2 C^2 / (N tau))``: then ``v = tau m`` follows SGHMC with step
+``eta = tau C^2 beta2 / N`` on the energy ``U = N (lbar + eps |w|^2 / 2)``, friction ``1 - beta1`` and
+noise variance ``2 (1 - beta1) eta``, i.e. temperature 1 (samples of ``exp(-U)`` up to the O(eta)
+discretisation bias and the minibatch-gradient noise). ``rho`` is updated only while
+``count < rho_adapt_steps`` (``< 0``: always), so the preconditioner can be frozen after a burn-in.
 
 Every hyperparameter is an array in ``state.hyper`` (change with ``state._replace(hyper=...)``;
 nothing recompiles). Deviations from the reference code (spec B.6) are listed on :func:`em_mcmc`.
@@ -59,6 +66,8 @@ class EMMCMCHyper(NamedTuple):
     em_enabled: jax.Array
     soft_estep: jax.Array
     update_theta: jax.Array
+    posterior_noise: jax.Array
+    rho_adapt_steps: jax.Array
 
 
 class EMMCMCState(NamedTuple):
@@ -110,8 +119,15 @@ def make_hyper(dtype=jnp.float32, *, n_data: float, c2_peak: float = 0.01, cycle
                eta: float = 0.1, temperature: float | None = None, theta_a: float = 1.0,
                theta_b: float = 1.0, prune_target: float = 0.0, warm_up: int = 50,
                steps_per_epoch: int = 0, em_enabled: bool = True, soft_estep: bool = False,
-               update_theta: bool = False) -> EMMCMCHyper:
-    """Pack hyperparameters as arrays; ``temperature=None`` means ``T = sqrt(1/N)`` (notebooks)."""
+               update_theta: bool = False, posterior_noise: bool = False,
+               rho_adapt_steps: int = -1) -> EMMCMCHyper:
+    """Pack hyperparameters as arrays; ``temperature=None`` means ``T = sqrt(1/N)`` (notebooks).
+
+    ``posterior_noise``: inject the temperature-1 SGHMC noise ``sqrt(2 (1 - beta1) beta2 C^2 / (N tau))``
+    instead of the reference's ``sqrt(2 + 2 beta1^2) C^1.5 T`` (see :func:`em_mcmc_step`).
+    ``rho_adapt_steps``: the preconditioner logit ``rho`` is updated only while ``count < rho_adapt_steps``
+    (``< 0``: always, the reference behaviour).
+    """
     f = lambda v: jnp.asarray(v, dtype)
     t = (1.0 / n_data) ** 0.5 if temperature is None else temperature
     return EMMCMCHyper(
@@ -121,7 +137,8 @@ def make_hyper(dtype=jnp.float32, *, n_data: float, c2_peak: float = 0.01, cycle
         theta_a=f(theta_a), theta_b=f(theta_b), prune_target=f(prune_target),
         warm_up=jnp.asarray(warm_up, jnp.int32), steps_per_epoch=jnp.asarray(steps_per_epoch, jnp.int32),
         em_enabled=jnp.asarray(em_enabled), soft_estep=jnp.asarray(soft_estep),
-        update_theta=jnp.asarray(update_theta))
+        update_theta=jnp.asarray(update_theta), posterior_noise=jnp.asarray(posterior_noise),
+        rho_adapt_steps=jnp.asarray(rho_adapt_steps, jnp.int32))
 
 
 def em_and_prune(params: PyTree, spec: GroupSpec, state: EMMCMCState) -> EMMCMCState:
@@ -159,7 +176,8 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
         threshold; ``eta`` preconditioner step; ``temperature`` ``T``; ``prune_target`` one-shot
         fraction of primary groups removed at the first EM event; ``warm_up`` epochs before EM;
         ``steps_per_epoch`` (0 = unknown: no EM, constant step, until set in ``state.hyper``);
-        ``em_enabled`` (False = dense optimiser); ``soft_estep``; ``update_theta``.
+        ``em_enabled`` (False = dense optimiser); ``soft_estep``; ``update_theta``;
+        ``posterior_noise`` (temperature-1 noise, module docstring); ``rho_adapt_steps``.
     store_noise:
         Keep the previous step's noise ``xi`` in the state (one more params-sized buffer, one normal
         draw per step) instead of regenerating it from the key (two draws per step; on CPU the draws
@@ -230,12 +248,18 @@ def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState,
     m_l = treedef.flatten_up_to(state.momentum)
     r_l = treedef.flatten_up_to(state.rho)
     noise_scale = jnp.sqrt(2.0 + 2.0 * h.beta1 ** 2) * c15 * t
+    adapt = (h.rho_adapt_steps < 0) | (state.count < h.rho_adapt_steps)
     new_w, new_m, new_r = [], [], []
     for w, g, xp, xn, m, r, e, k in zip(w_l, g_l, xi_prev, xi_new, m_l, r_l, eps, state.keep, strict=True):
         tau = jax.nn.sigmoid(r)
-        r = r - h.eta * (t ** 2 * c ** 3 * e * tau + t * c15 * xp * g - 1.0 / (tau * h.n_data))
+        r_new = r - h.eta * (t ** 2 * c ** 3 * e * tau + t * c15 * xp * g - 1.0 / (tau * h.n_data))
+        r = jnp.where(adapt, r_new, r)
         tau = jax.nn.sigmoid(r)
-        m = h.beta1 * m - lr * h.beta2 * (g + e * w) + noise_scale * xn
+        # temperature-1 SGHMC with velocity v = tau m: v <- beta1 v - (tau lr beta2 / N) grad U + tau sd xi
+        # needs (tau sd)^2 = 2 (1 - beta1) (tau lr beta2 / N)
+        sd = jnp.where(h.posterior_noise, jnp.sqrt(2.0 * (1.0 - h.beta1) * h.beta2 * lr / (h.n_data * tau)),
+                       noise_scale)
+        m = h.beta1 * m - lr * h.beta2 * (g + e * w) + sd * xn
         wn = w + tau * m
         if len(k):
             wn = wn * weight_mask(k, w)

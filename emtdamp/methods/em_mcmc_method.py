@@ -1,5 +1,13 @@
 """EM-MCMC (Ke & Fan; spec part B) as a registered training method, ``method.name: em_mcmc``.
 
+Posterior (issue 16): ``predict`` is the equal-weight mixture over the last ``n_samples`` iterates
+collected every ``thin`` steps after ``burn_in`` epochs (:func:`sample_predictive`; ring buffer of
+:mod:`emtdamp.sgmcmc.samples`). ``noise: posterior`` injects the temperature-1 SGHMC noise (the
+reference noise is a cold chain) and freezes the preconditioner after the burn-in.
+``learn_noise`` (regression) replaces ``loss_scale * MSE`` by the Gaussian per-datum NLL
+``sum_d (y - f)^2 / (2 v)`` with ``v`` from an M-step at every epoch end (:func:`noise_mstep`); ``v``
+is also the noise part of the predictive variance. See docs/em_mcmc.md, section 10.
+
 The network is an :mod:`emtdamp.mlp` MLP; every kernel is grouped by input units (row ``j`` of the
 ``(in, out)`` kernel), so a removed first-layer group deselects input variable ``j``. The optimiser
 is :func:`emtdamp.em_mcmc.em_mcmc_step` on the minibatch *mean* loss (``loss_scale`` times the squared
@@ -35,8 +43,9 @@ import numpy as np
 from emtdamp.cnn import build_network, kernels
 from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_mcmc_step, flax_group_spec, make_hyper
 from emtdamp.em_mcmc.groups import weight_mask
-from emtdamp.losses import data_loss, point_predictive
+from emtdamp.losses import data_loss
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.sgmcmc.samples import SampleBuffer, buffer_init, buffer_update, buffer_weights, ring_samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +80,21 @@ class EMMCMCHParams:
     store_noise: bool = hparam(False, doc="keep the last noise draw in the state: one params-sized buffer "
                                           "more, half the random draws per step (faster on CPU)")
     loss_scale: float = hparam(1.0, range=(1e-6, 1e6),
-                               doc="regression: the loss is loss_scale * MSE on standardised targets; "
+                               doc="regression without learn_noise: the loss is loss_scale * MSE on standardised "
+                                   "targets (= Gaussian NLL with fixed noise variance 1/(2 loss_scale)); "
                                    "y_std**2 reproduces a raw-unit MSE (the notebooks' loss)")
+    noise: str = hparam("reference", choices=("reference", "posterior"),
+                        doc="injected noise: reference = sqrt(2+2 beta1^2) C^1.5 T (spec B.3, cold); posterior = "
+                            "temperature-1 SGHMC noise sqrt(2 (1-beta1) beta2 C^2/(N tau)), rho adapted "
+                            "during burn-in only")
+    learn_noise: bool = hparam(False, doc="regression: Gaussian likelihood sum_d (y-f)^2/(2 v) with the noise "
+                                          "variance v fitted by an M-step at the end of every epoch")
+    noise_init: float = hparam(1.0, range=(1e-8, 1e6), doc="initial noise variance v (standardised units)")
+    noise_floor: float = hparam(1e-6, range=(0.0, 1e6), doc="lower bound of the noise M-step (standardised)")
+    burn_in: int = hparam(0, range=(0, 10**7), doc="epochs before iterates are collected for the predictive")
+    thin: int = hparam(1, range=(1, 10**9), doc="collect every thin-th iteration (steps) after burn-in")
+    n_samples: int = hparam(20, range=(1, 10_000),
+                            doc="ring-buffer size: predict averages the last n_samples collected iterates")
 
     def check_train(self, train) -> None:
         """Config cross-check: with ``sparse`` on, EM must get a chance to run (spec B.6 item 1)."""
@@ -83,19 +105,82 @@ class EMMCMCHParams:
 
 @chex.dataclass
 class EMMCMCMethodState:
-    """Params (the current sample), optimiser state, residual-variance estimate, step count."""
+    """Params (the current sample), optimiser state, noise variance, collected samples, step count.
+
+    noise_var: scalar observation-noise variance ``v`` (standardised target units; regression), the
+    last M-step's value (``noise_init`` during epoch 0). rss: ``(2,)`` running ``[sum of squared
+    residuals, number of residuals]`` of the current epoch (training minibatches at the iterates the
+    gradients are taken at), reset by the M-step. burn_in_epochs: int scalar. samples: ring buffer of
+    thinned iterates (:mod:`emtdamp.sgmcmc.samples`; its ``burn_in`` in iterations is set once the
+    number of steps per epoch is known).
+    """
 
     params: Any  # MLP: list of {"kernel", "bias"}; CNN: flax params dict
     opt: EMMCMCState
     noise_var: jax.Array
+    rss: jax.Array
+    burn_in_epochs: jax.Array
+    samples: SampleBuffer
     count: jax.Array
 
 
-def _loss_fn(apply_fn, params, batch: Batch, task: str, loss_scale: float = 1.0):
-    """Minibatch mean loss (padding rows weighted out; regression scaled by ``loss_scale``) and the
-    unscaled data loss."""
-    data = data_loss(apply_fn, params, batch, task)
-    return (loss_scale * data if task == "regression" else data), data
+def _loss_fn(apply_fn, params, batch: Batch, task: str, loss_scale: float = 1.0, noise_var=None):
+    """Minibatch mean loss ``lbar`` and ``(data loss, rss, n_resid)`` (padding rows weighted out).
+
+    Regression with ``noise_var`` given: ``lbar = mean_rows sum_d (y - f)^2 / (2 v)`` (Gaussian NLL per
+    datum up to constants); without: ``loss_scale * MSE``. Classification: softmax cross-entropy.
+    ``rss`` is the weighted sum of squared residuals, ``n_resid`` the number of residuals (rows x outputs).
+    """
+    out = apply_fn(params, batch.x)
+    n = jnp.maximum(batch.w.sum(), 1.0)
+    if task != "regression":
+        data = data_loss(apply_fn, params, batch, task)
+        return data, (data, jnp.zeros_like(data), jnp.zeros_like(data))
+    r2 = jnp.sum((out - batch.y) ** 2, axis=-1)                       # (B,)
+    rss = jnp.sum(r2 * batch.w)
+    data = rss / (n * out.shape[-1])                                  # MSE over rows and outputs
+    loss = loss_scale * data if noise_var is None else rss / (2.0 * noise_var * n)
+    return loss, (data, rss, jnp.sum(batch.w) * out.shape[-1])
+
+
+def noise_mstep(rss: jax.Array, noise_var: jax.Array, floor) -> jax.Array:
+    """Noise-variance M-step ``v = max(floor, sum r^2 / n_resid)`` from ``rss = [sum r^2, n_resid]``.
+
+    Maximises ``E[log p(D | w, v)]`` over ``v`` with the expectation over the epoch's iterates (Monte
+    Carlo EM with the sampler's iterates; minibatches of one epoch cover the training set once). Keeps
+    ``noise_var`` when nothing was accumulated.
+    """
+    v = jnp.maximum(rss[0] / jnp.maximum(rss[1], 1.0), floor)
+    return jnp.where(rss[1] > 0, v, noise_var).astype(noise_var.dtype)
+
+
+def _burn_in_steps(burn_in_epochs: int, steps_per_epoch: int) -> int:
+    """Burn-in in iterations: known at init only if ``steps_per_epoch`` is given; otherwise nothing
+    is collected (and rho keeps adapting) until ``end_epoch`` has measured it (0 epochs: from step 1)."""
+    if burn_in_epochs == 0:
+        return 0
+    return burn_in_epochs * steps_per_epoch if steps_per_epoch > 0 else 2**31 - 1
+
+
+def sample_predictive(apply_fn, state: EMMCMCMethodState, x: jax.Array, task: str) -> Predictive:
+    """Posterior predictive: equal-weight mixture over the collected iterates in the ring buffer.
+
+    Regression: mean ``sum_s w_s f_s(x)``, variance ``sum_s w_s f_s(x)^2 - mean^2 + v`` (spread of the
+    samples plus the noise variance ``state.noise_var``); classification: ``sum_s w_s softmax(f_s(x))``.
+    With nothing collected yet (burn-in) it falls back to the current iterate (variance ``v``).
+    ``x (n, d) -> Predictive`` with ``(n, d_out)`` / ``(n, K)`` arrays.
+    """
+    ring = ring_samples(state.samples)
+    w = buffer_weights(state.samples)                                # (S,), zeros on empty slots
+    have = state.samples.n_collected > 0
+    outs = jax.lax.map(lambda p: apply_fn(p, x), ring)               # (S, n, d): one sample at a time
+    cur = apply_fn(state.params, x)
+    if task == "regression":
+        mean = jnp.einsum("s,snd->nd", w, outs)
+        var_f = jnp.maximum(jnp.einsum("s,snd->nd", w, (outs - mean) ** 2), 0.0)
+        return Predictive(mean=jnp.where(have, mean, cur), var=jnp.where(have, var_f, 0.0) + state.noise_var)
+    probs = jnp.einsum("s,snk->nk", w, jax.nn.softmax(outs, axis=-1))
+    return Predictive(probs=jnp.where(have, probs, jax.nn.softmax(cur, axis=-1)))
 
 
 def build_em_mcmc() -> Method:
@@ -115,34 +200,51 @@ def build_em_mcmc() -> Method:
             soft_threshold=hp.soft_threshold, hard_threshold=hp.hard_threshold, eta=hp.eta,
             temperature=n ** (-hp.temperature_power), prune_target=hp.prune_target, warm_up=hp.warm_up,
             steps_per_epoch=hp.steps_per_epoch, em_enabled=hp.sparse, soft_estep=hp.estep == "soft",
-            update_theta=hp.update_theta)
+            update_theta=hp.update_theta, posterior_noise=hp.noise == "posterior",
+            rho_adapt_steps=_burn_in_steps(hp.burn_in, hp.steps_per_epoch) if hp.noise == "posterior" else -1)
         tx = em_mcmc(spec, k_o, hyper, store_noise=hp.store_noise)
         opt = tx.init(params)
         lt = float(np.log(hp.theta0) - np.log1p(-hp.theta0))
         opt = opt._replace(logit_theta=jnp.asarray(lt, dtype))
-        cfg.update(task=data.task, apply=apply_fn, kind=model.kind, spec=spec, loss_scale=hp.loss_scale)
-        return EMMCMCMethodState(params=params, opt=opt, noise_var=jnp.asarray(1.0, dtype),
-                                 count=jnp.asarray(0, jnp.int32))
+        if hp.learn_noise and hp.loss_scale != 1.0:
+            raise ValueError("em_mcmc: learn_noise replaces loss_scale (the noise variance is learned); "
+                             f"leave loss_scale at 1, got {hp.loss_scale}")
+        cfg.update(task=data.task, apply=apply_fn, kind=model.kind, spec=spec, loss_scale=hp.loss_scale,
+                   learn_noise=hp.learn_noise and data.task == "regression", posterior=hp.noise == "posterior",
+                   floor=hp.noise_floor)
+        samples = buffer_init(params, hp.n_samples, _burn_in_steps(hp.burn_in, hp.steps_per_epoch), hp.thin)
+        state = EMMCMCMethodState(params=params, opt=opt, noise_var=jnp.asarray(hp.noise_init, dtype),
+                                  rss=jnp.zeros(2, dtype), burn_in_epochs=jnp.asarray(hp.burn_in, jnp.int32),
+                                  samples=samples, count=jnp.asarray(0, jnp.int32))
+        # distinct buffers for every leaf: the training loop donates the state to its jitted epoch
+        return jax.tree_util.tree_map(lambda v: jnp.array(v, copy=True), state)
 
     def step(state: EMMCMCMethodState, batch: Batch):
-        (_, loss), grads = jax.value_and_grad(_loss_fn, argnums=1, has_aux=True)(
-            cfg["apply"], state.params, batch, cfg["task"], cfg["loss_scale"])
+        v = state.noise_var if cfg["learn_noise"] else None
+        (_, (loss, rss, n_res)), grads = jax.value_and_grad(_loss_fn, argnums=1, has_aux=True)(
+            cfg["apply"], state.params, batch, cfg["task"], cfg["loss_scale"], v)
         params, opt = em_mcmc_step(cfg["spec"], grads, state.opt, state.params)
-        noise_var = state.noise_var
-        if cfg["task"] == "regression":
-            noise_var = jnp.where(state.count == 0, loss, 0.95 * noise_var + 0.05 * loss)
+        count = state.count + 1
+        samples = buffer_update(state.samples, params, count)
         kept = sum(jnp.sum(k[0]) for k in opt.keep if len(k))
-        new = state.replace(params=params, opt=opt, noise_var=noise_var, count=state.count + 1)
-        return new, {"loss": loss, "groups_kept": kept.astype(loss.dtype)}
+        new = state.replace(params=params, opt=opt, rss=state.rss + jnp.stack([rss, n_res]).astype(state.rss.dtype),
+                            samples=samples, count=count)
+        return new, {"loss": loss, "groups_kept": kept.astype(loss.dtype), "noise_var": state.noise_var}
 
     def end_epoch(state: EMMCMCMethodState, epoch) -> EMMCMCMethodState:
         h = state.opt.hyper
         measured = (state.opt.count // (jnp.asarray(epoch, jnp.int32) + 1)).astype(jnp.int32)
         spe = jnp.where(h.steps_per_epoch > 0, h.steps_per_epoch, measured)
-        return state.replace(opt=state.opt._replace(hyper=h._replace(steps_per_epoch=spe)))
+        burn = state.burn_in_epochs * spe                               # burn-in in iterations
+        rho_adapt = jnp.where(h.posterior_noise, burn, -1).astype(jnp.int32)
+        opt = state.opt._replace(hyper=h._replace(steps_per_epoch=spe, rho_adapt_steps=rho_adapt))
+        noise_var = noise_mstep(state.rss, state.noise_var, cfg["floor"]) if cfg["task"] == "regression" \
+            else state.noise_var
+        return state.replace(opt=opt, noise_var=noise_var, rss=jnp.zeros_like(state.rss),
+                             samples=state.samples.replace(burn_in=burn.astype(jnp.int32)))
 
     def predict(state: EMMCMCMethodState, x) -> Predictive:
-        return point_predictive(cfg["apply"](state.params, x), cfg["task"], state.noise_var)
+        return sample_predictive(cfg["apply"], state, x, cfg["task"])
 
     def sparsity(state: EMMCMCMethodState) -> dict:
         pruned, total = count_groups(state.opt.keep)
