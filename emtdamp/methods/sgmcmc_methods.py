@@ -25,9 +25,17 @@ Energy (sum scale, ``N`` = training size, ``n`` = real rows of the minibatch)::
 
     U(β) = (N/n) Σ_i nll_i(β) + Σ_{C} ½ N wd β² + Σ_{X} [κ1 β² / (2σ²) + κ0 |β| / σ]
 
-with ``nll_i = Σ_out (y_i − ψ(x_i))² / (2σ²)`` (regression, standardised targets; a fixed variance
-replaces σ² when ``likelihood_var > 0``) or the softmax cross-entropy; ``X`` = kernels of
-``ssgl_layers``, ``C`` = the other kernels and all biases.
+with ``nll_i = Σ_out (y_i − ψ(x_i))² / (2 s²)`` (regression, standardised targets) or the softmax
+cross-entropy; ``X`` = kernels of ``ssgl_layers``, ``C`` = the other kernels and all biases.
+
+Observation noise ``s²`` (regression, hparam ``noise``; docs/sgmcmc_sa.md "Observation noise"):
+``sample`` (default) keeps ``s²`` as its own state array and, after every move, draws it from its
+(tempered) conditional ``InvGamma((ν + N d_out)/2, (νλ + RSS_N)/2)`` with ``RSS_N`` the minibatch residual
+sum at ``β^{k+1}`` rescaled by ``N/n`` -- a stochastic-gradient Gibbs step, exact for full batches, and the
+same for every ω schedule; the SSGL σ² then only scales the prior and its SA update uses the weights
+alone. ``sa`` ties ``s² = σ²`` (the paper: σ² is SA-updated from the residuals and the weights, so only
+SA/EM methods); ``fixed`` uses ``likelihood_var`` (σ² still tracks the residuals, as the UCI code).
+The step size ``learning_rate = 0`` (default) is ``AUTO_LR_N / N``: the energy is sum-scale.
 
 Layer indices (``ssgl_layers``, ``prune_layers``) index ONE ordered list of the network's weight
 kernels: for the MLP the dense kernels ``0 .. L−1`` (input layer first); for the CNN the conv kernels
@@ -40,9 +48,9 @@ After the sampler move: SA update of the latents at ``β^{k+1}`` (regression use
 same minibatch at ``β^{k+1}``), then magnitude pruning ``s_k = S (1 − D^{k/U})`` with a permanent mask
 (per-layer target inflated so that the share of zero *kernel* weights reaches ``S``), then
 collection of thinned samples after ``burn_in`` iterations. Predictions average the network output
-(regression) or the softmax (classification) over the ``n_samples`` most recent kept samples (the
-current sample while none is kept yet; the CNN evaluates the samples one after another, ``lax.map``,
-to bound memory).
+(regression; variance = spread of the outputs + the mean ``s²`` of the same kept samples) or the softmax
+(classification) over the ``n_samples`` most recent kept samples (the current sample while none is
+kept yet; the CNN evaluates the samples one after another, ``lax.map``, to bound memory).
 
 ``sparsity``: ``weights_zero_frac`` = zero (or masked) entries over all kernel weights (conv and
 dense; biases not counted); ``neurons_pruned_frac`` = share of *dense hidden units* whose outgoing
@@ -64,14 +72,20 @@ from emtdamp import mlp
 from emtdamp import sgmcmc as sg
 from emtdamp.cnn import build_network
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.sgmcmc.kernels import sample_noise_variance
+
+AUTO_LR_N = 1e-3
+"""``learning_rate = 0`` (the default) means ``ε_0 = AUTO_LR_N / N``: the energy is on the sum scale, so a
+step that is stable for every training size must shrink like 1/N (ε·N is the step on the mean loss)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class SGMCMCHParams:
     """Hyperparameters of SGLD/SGHMC(-SA/-EM). Iterations ``k`` count minibatch steps."""
 
-    learning_rate: float = hparam(1e-5, range=(0.0, 10.0),
-                                  doc="ε_0 on the sum-scale energy; ε_k = lr·(lr_offset + k)^(−lr_decay)")
+    learning_rate: float = hparam(0.0, range=(0.0, 10.0),
+                                  doc="ε_0 on the sum-scale energy; ε_k = lr·(lr_offset + k)^(−lr_decay); "
+                                      "0 = auto: AUTO_LR_N / N (N = training rows)")
     lr_offset: float = hparam(1.0, range=(0.0, 1e12), doc="offset b of the step-size schedule")
     lr_decay: float = hparam(0.0, range=(0.0, 1.0), doc="exponent γ of the step-size schedule (0 = constant)")
     momentum: float = hparam(0.9, range=(0.0, 1.0), doc="SGHMC m = 1 − friction (unused by SGLD)")
@@ -82,9 +96,16 @@ class SGMCMCHParams:
     ssgl_layers: tuple[int, ...] = hparam((), doc="indices of weight layers (CNN: conv kernels, then dense) "
                                           "whose kernel gets SSGL; () = all")
     weight_decay: float = hparam(1e-4, range=(0.0, 10.0), doc="L2 ½·N·wd·β² on non-SSGL kernels and biases")
+    noise: str = hparam("sample", choices=("sample", "sa", "fixed"),
+                        doc="regression noise variance s²: 'sample' = Gibbs draw from its InvGamma conditional "
+                            "every iteration (separate from the SSGL σ², which then only scales the prior); "
+                            "'sa' = s² is the SSGL σ² (paper; SA-updated, so SA/EM methods only); "
+                            "'fixed' = likelihood_var")
+    noise_init: float = hparam(1.0, range=(1e-12, 1e12),
+                               doc="initial noise variance (standardised units) for noise='sample'")
     likelihood_var: float = hparam(0.0, range=(0.0, 1e12),
-                                   doc="regression: 0 = noise variance is the SSGL σ² (paper); > 0 = this fixed "
-                                       "variance in standardised units (UCI code's (y−ψ)²: 0.5 / y_std²)")
+                                   doc="noise='fixed' only: the fixed noise variance in standardised units "
+                                       "(UCI code's (y−ψ)²: 0.5 / y_std²)")
     v0: float = hparam(0.1, range=(1e-12, 1e6), doc="Laplace (spike) scale")
     v1: float = hparam(10.0, range=(1e-12, 1e12), doc="Gaussian (slab) variance")
     beta_a: float = hparam(1.0, range=(-1.0, 1e12), doc="Beta(a, b) prior on δ: a; ≤ 0 means a = p_l")
@@ -130,7 +151,8 @@ class SGMCMCState:
     omega: sg.OmegaSchedule
     prune: sg.PruneSchedule
     prune_scale: jax.Array          # per pruned layer: S_eff / S (inflation)
-    likelihood_var: jax.Array       # 0 = use latents.sigma2
+    noise_var: jax.Array            # () regression noise variance s² of the likelihood (see ``noise``)
+    noise_prior: jax.Array          # (2,) (ν, λ) of the InvGamma(ν/2, νλ/2) prior on s² (noise='sample')
     rho_prune: jax.Array            # (threshold, step)
     momentum_decay: jax.Array
     weight_decay: jax.Array
@@ -139,6 +161,7 @@ class SGMCMCState:
     count: jax.Array
     rng: jax.Array
     samples: sg.SampleBuffer
+    noise_samples: sg.SampleBuffer  # s² at the kept samples (same slots as ``samples``)
 
 
 def layer_keys(params: list | dict) -> list:
@@ -201,6 +224,15 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         sparse = _layers(hp.ssgl_layers, names, "ssgl_layers") if hp.prior == "ssgl" else ()
         prune_layers = _layers(hp.prune_layers, names, "prune_layers") if hp.prune_layers else sparse
         pruning = hp.prune_target > 0 or hp.rho_prune_step > 0
+        if hp.noise == "fixed" and hp.likelihood_var <= 0:
+            raise ValueError(f"{name}: noise='fixed' needs likelihood_var > 0 (standardised units)")
+        if hp.noise != "fixed" and hp.likelihood_var > 0:
+            raise ValueError(f"{name}: likelihood_var={hp.likelihood_var} is only used with noise='fixed' "
+                             f"(got noise={hp.noise!r}); set method.noise=fixed to fix the noise variance")
+        if data.task == "regression" and hp.noise == "sa" and (omega_mode == "none" or not sparse
+                                                               or not hp.learn_sigma):
+            raise ValueError(f"{name}: noise='sa' ties the noise variance to the SSGL σ², which this method never "
+                             "updates (ω ≡ 0, no SSGL layer, or learn_sigma=false); use noise='sample'")
         if hp.rho_prune_step > 0 and not set(prune_layers) <= set(sparse):
             raise ValueError(f"{name}: ρ-based pruning needs prune_layers ⊆ ssgl_layers")
         if pruning and not prune_layers:
@@ -214,7 +246,7 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                    dense=[not str(nm).startswith("Conv") for nm in names], sampler=sampler, sparse=sparse,
                    prune_layers=prune_layers if pruning else (), magnitude=hp.prune_target > 0,
                    rho_prune=hp.rho_prune_step > 0, prune_every=hp.prune_every, n_train=data.n_train,
-                   n_out=data.n_outputs, n_samples=hp.n_samples)
+                   n_out=data.n_outputs, n_samples=hp.n_samples, noise=hp.noise)
         if jnp.issubdtype(kr.dtype, jax.dtypes.prng_key):   # keep raw uint32 key data (checkpointable)
             kr = jax.random.key_data(kr)
         xs = kernels_of(params, sparse)
@@ -232,18 +264,21 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                                          sigma2=jnp.asarray(hp.sigma_init, dt) ** 2)
         f = lambda v: jnp.asarray(v, dt)
         anneal = hp.anneal_rate if hp.anneal_rate != 1.0 else anneal_default
+        lr0 = hp.learning_rate if hp.learning_rate > 0 else AUTO_LR_N / data.n_train
+        s2_0 = {"sample": f(hp.noise_init), "sa": f(lat.sigma2), "fixed": f(hp.likelihood_var)}[hp.noise]
         state = SGMCMCState(
             params=params, momentum=jax.tree_util.tree_map(jnp.zeros_like, params), latents=lat, hyper=hyper,
             masks=[jnp.ones(kshape[i], bool) for i in cfg["prune_layers"]],
-            lr=sg.polynomial_schedule(hp.learning_rate, hp.lr_offset, hp.lr_decay, dt),
+            lr=sg.polynomial_schedule(lr0, hp.lr_offset, hp.lr_decay, dt),
             omega=sg.omega_schedule(omega_mode, A=hp.omega_a, Z=hp.omega_z, alpha=hp.omega_alpha,
                                     cap=hp.omega_cap, dtype=dt),
             prune=sg.prune_schedule(hp.prune_target, hp.prune_damping, hp.prune_gap, dt),
-            prune_scale=f(scale), likelihood_var=f(hp.likelihood_var),
+            prune_scale=f(scale), noise_var=s2_0, noise_prior=jnp.asarray([hp.nu, hp.lam], dt),
             rho_prune=jnp.asarray([hp.rho_prune_threshold, hp.rho_prune_step], dt),
             momentum_decay=f(hp.momentum), weight_decay=f(hp.weight_decay), inv_temp=f(hp.inv_temp),
             anneal_rate=f(anneal), count=jnp.asarray(0, jnp.int32), rng=kr,
-            samples=sg.buffer_init(params, hp.n_samples, hp.burn_in, hp.thin))
+            samples=sg.buffer_init(params, hp.n_samples, hp.burn_in, hp.thin),
+            noise_samples=sg.buffer_init(s2_0, hp.n_samples, hp.burn_in, hp.thin))
         # distinct buffers for every leaf: the training loop donates the state to its jitted epoch
         return jax.tree_util.tree_map(lambda v: jnp.array(v, copy=True), state)
 
@@ -258,13 +293,10 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         ce = optax.softmax_cross_entropy_with_integer_labels(out, y)
         return ce, ce
 
-    def noise_var(state: SGMCMCState):
-        return jnp.where(state.likelihood_var > 0, state.likelihood_var, state.latents.sigma2)
-
     def energy(params, batch: Batch, state: SGMCMCState):
         n = jnp.maximum(jnp.sum(batch.w), 1.0)
         out = cfg["apply"](params, batch.x)
-        nll, loss = per_row_nll(out, batch.y, noise_var(state))
+        nll, loss = per_row_nll(out, batch.y, state.noise_var)
         u = cfg["n_train"] / n * jnp.sum(batch.w * nll)
         sparse = cfg["sparse"]
         l2 = 0.0
@@ -297,16 +329,24 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         omega = sg.omega_value(state.omega, state.count)
         lat = state.latents
         sparse = cfg["sparse"]
+        regression = cfg["task"] == "regression"
+        n_obs = float(cfg["n_train"] * cfg["n_out"])
+        if regression:   # residuals of the same minibatch at β^{k+1}, rescaled to the N training rows
+            out = cfg["apply"](params, batch.x)
+            n = jnp.maximum(jnp.sum(batch.w), 1.0)
+            rss = cfg["n_train"] / n * jnp.sum(batch.w * jnp.sum((out - batch.y) ** 2, axis=-1))
         if sparse:
             xs = kernels_of(params, sparse)
-            if cfg["task"] == "regression":
-                out = cfg["apply"](params, batch.x)
-                n = jnp.maximum(jnp.sum(batch.w), 1.0)
-                rss = cfg["n_train"] / n * jnp.sum(batch.w * jnp.sum((out - batch.y) ** 2, axis=-1))
-                lat = sg.sa_update(lat, xs, omega, state.hyper, n_obs=float(cfg["n_train"] * cfg["n_out"]),
-                                   rss=rss)
-            else:
+            if regression and cfg["noise"] != "sample":   # σ² is (sa) or tracks (fixed, UCI code) the noise
+                lat = sg.sa_update(lat, xs, omega, state.hyper, n_obs=n_obs, rss=rss)
+            else:                                         # σ² only scales the prior: weights-only update
                 lat = sg.sa_update(lat, xs, omega, state.hyper)
+        noise_var = state.noise_var
+        if regression and cfg["noise"] == "sample":   # Gibbs step s² | β ~ InvGamma (stochastic-gradient)
+            noise_var = sample_noise_variance(jax.random.fold_in(rng, 1), rss, n_obs, state.noise_prior[0],
+                                              state.noise_prior[1], state.inv_temp).astype(noise_var.dtype)
+        elif regression and cfg["noise"] == "sa":
+            noise_var = lat.sigma2.astype(noise_var.dtype)
         count = state.count + 1
         masks = state.masks
         frac = sg.prune_fraction(state.prune, count) * state.prune_scale
@@ -326,9 +366,12 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         params = mask_tree(params, masks)
         mom = mask_tree(mom, masks)
         samples = sg.buffer_update(state.samples, params, count)
+        noise_samples = sg.buffer_update(state.noise_samples, noise_var, count)
         new = state.replace(params=params, momentum=mom, latents=lat, masks=masks, count=count, rng=rng,
-                            inv_temp=state.inv_temp * state.anneal_rate, samples=samples)
+                            inv_temp=state.inv_temp * state.anneal_rate, samples=samples, noise_var=noise_var,
+                            noise_samples=noise_samples)
         metrics = {"loss": loss, "energy": u, "step_size": eps, "omega": omega, "sigma2": lat.sigma2,
+                   "noise_var": noise_var,
                    "inv_temp": state.inv_temp, "prune_frac": frac}
         return new, metrics
 
@@ -352,7 +395,9 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
             var_f = jnp.maximum(second - mean ** 2, 0.0)
             mean = jnp.where(have, mean, cur)
             var_f = jnp.where(have, var_f, 0.0)
-            return Predictive(mean=mean, var=var_f + noise_var(state))
+            # mixture over the kept samples: Var = mean_s(f_s² + s²_s) − mean² = var_f + mean_s s²_s
+            s2 = jnp.where(have, jnp.sum(w * sg.ring_samples(state.noise_samples)), state.noise_var)
+            return Predictive(mean=mean, var=var_f + s2)
         probs = jnp.einsum("s,snk->nk", w, jax.nn.softmax(outs, axis=-1))
         return Predictive(probs=jnp.where(have, probs, jax.nn.softmax(cur, axis=-1)))
 
