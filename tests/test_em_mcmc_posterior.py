@@ -62,30 +62,33 @@ def test_predictive_is_mixture_of_collected_iterates(task):
             sl = slice(b * bs, (b + 1) * bs)
             state, _ = step(state, Batch(jnp.asarray(x[sl]), jnp.asarray(y[sl]), jnp.ones(bs)))
             k += 1
-            trajectory.append((k, jax.tree_util.tree_map(np.asarray, state.params)))
+            trajectory.append((k, jax.tree_util.tree_map(np.asarray, state.params), float(state.noise_var)))
         state = end(state, jnp.asarray(epoch, jnp.int32))
     # burn-in is measured in epochs: collected are steps k > burn_epochs * nb with (k - burn) % thin == 0
     # (steps_per_epoch is measured after epoch 0, so epoch-0 steps are never collected either)
     burn = burn_epochs * nb
-    kept = [p for kk, p in trajectory if kk > burn and (kk - burn) % thin == 0]
+    kept = [(p, v) for kk, p, v in trajectory if kk > burn and (kk - burn) % thin == 0]
     assert int(state.samples.n_collected) == len(kept) > size
     last = kept[-size:]
     ring = jax.tree_util.tree_map(np.asarray, ring_samples(state.samples))
     slots = [(len(kept) - size + i) % size for i in range(size)]   # ring slot of the i-th of the last
-    for p, slot in zip(last, slots, strict=True):
-        for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(ring), strict=True):
+    for (p, v), slot in zip(last, slots, strict=True):
+        for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(ring["params"]), strict=True):
             np.testing.assert_array_equal(a, b[slot])
+        assert ring["noise_var"][slot] == np.float32(v)
     np.testing.assert_allclose(np.asarray(buffer_weights(state.samples)), np.full(size, 1 / size), rtol=1e-6)
 
     xt = np.random.default_rng(5).normal(size=(7, x.shape[1])).astype(np.float32)
-    pred = method.predict(state, jnp.asarray(xt))
-    outs = np.stack([_np_mlp(p, xt) for p in last])                   # (S, n, d)
+    pred = jax.jit(method.predict)(state, jnp.asarray(xt))
+    outs = np.stack([_np_mlp(p, xt) for p, _ in last])                # (S, n, d)
     if task == "regression":
+        noise = np.mean([v for _, v in last])                          # mixture of N(f_s, v_s)
+        assert len({v for _, v in last}) > 1                           # the M-step moved v between samples
         mean = outs.mean(0)
-        var = ((outs - mean) ** 2).mean(0) + float(state.noise_var)
+        var = ((outs - mean) ** 2).mean(0) + noise
         np.testing.assert_allclose(np.asarray(pred.mean), mean, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(np.asarray(pred.var), var, rtol=1e-4, atol=1e-6)
-        assert np.all(np.asarray(pred.var) > float(state.noise_var))  # the samples differ
+        assert np.all(np.asarray(pred.var) > noise)                    # the samples differ
     else:
         np.testing.assert_allclose(np.asarray(pred.probs), _softmax(outs).mean(0), rtol=1e-4, atol=1e-6)
 
@@ -98,7 +101,7 @@ def test_predictive_before_burn_in_is_current_iterate():
     state = method.init(jax.random.key(1), ModelSpec(hidden=(5,)), spec, hp)
     state, _ = jax.jit(method.step)(state, Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(len(x))))
     assert int(state.samples.n_collected) == 0
-    pred = method.predict(state, jnp.asarray(x))
+    pred = jax.jit(method.predict)(state, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(pred.mean), _np_mlp(state.params, x), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(pred.var), 0.7, rtol=1e-6)
 
@@ -207,7 +210,8 @@ def test_posterior_noise_samples_exact_blr_posterior():
     state, _ = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps))(state)
     ring = ring_samples(state.samples)
     assert int(state.samples.n_collected) == (steps - burn) // thin
-    chain = np.concatenate([np.asarray(ring[0]["kernel"])[:, :, 0], np.asarray(ring[0]["bias"])], axis=1)
+    chain = np.concatenate([np.asarray(ring["params"][0]["kernel"])[:, :, 0],
+                            np.asarray(ring["params"][0]["bias"])], axis=1)
     # exact posterior of theta = (b, c): precision X1'X1 / v + N eps I, X1 = [x, 1]
     x1 = np.c_[x, np.ones(n)].astype(np.float64)
     v = 1.0 / (2 * loss_scale)
@@ -238,7 +242,7 @@ def test_reference_noise_is_colder_than_posterior():
     batch = Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(n))
     state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, _: (method.step(c, batch)[0], None), s, None,
                                               length=6000))(state)
-    k = np.asarray(ring_samples(state.samples)[0]["kernel"])[:, :, 0]
+    k = np.asarray(ring_samples(state.samples)["params"][0]["kernel"])[:, :, 0]
     x1 = np.c_[x, np.ones(n)]
     post_var = np.diag(np.linalg.inv(x1.T @ x1 + np.eye(d + 1)))[:d]
     assert np.all(k.var(0) < 0.1 * post_var)

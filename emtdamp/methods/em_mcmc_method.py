@@ -111,8 +111,8 @@ class EMMCMCMethodState:
     last M-step's value (``noise_init`` during epoch 0). rss: ``(2,)`` running ``[sum of squared
     residuals, number of residuals]`` of the current epoch (training minibatches at the iterates the
     gradients are taken at), reset by the M-step. burn_in_epochs: int scalar. samples: ring buffer of
-    thinned iterates (:mod:`emtdamp.sgmcmc.samples`; its ``burn_in`` in iterations is set once the
-    number of steps per epoch is known).
+    thinned ``{"params", "noise_var"}`` iterates (:mod:`emtdamp.sgmcmc.samples`; its ``burn_in`` in
+    iterations is set once the number of steps per epoch is known).
     """
 
     params: Any  # MLP: list of {"kernel", "bias"}; CNN: flax params dict
@@ -165,20 +165,22 @@ def _burn_in_steps(burn_in_epochs: int, steps_per_epoch: int) -> int:
 def sample_predictive(apply_fn, state: EMMCMCMethodState, x: jax.Array, task: str) -> Predictive:
     """Posterior predictive: equal-weight mixture over the collected iterates in the ring buffer.
 
-    Regression: mean ``sum_s w_s f_s(x)``, variance ``sum_s w_s f_s(x)^2 - mean^2 + v`` (spread of the
-    samples plus the noise variance ``state.noise_var``); classification: ``sum_s w_s softmax(f_s(x))``.
+    Each slot holds ``{"params", "noise_var"}`` (the noise variance in effect when the iterate was made).
+    Regression: mean ``sum_s w_s f_s(x)``, variance ``sum_s w_s (f_s(x) - mean)^2 + sum_s w_s v_s`` (the
+    mixture of the samples' Gaussians ``N(f_s, v_s)``); classification: ``sum_s w_s softmax(f_s(x))``.
     With nothing collected yet (burn-in) it falls back to the current iterate (variance ``v``).
     ``x (n, d) -> Predictive`` with ``(n, d_out)`` / ``(n, K)`` arrays.
     """
     ring = ring_samples(state.samples)
     w = buffer_weights(state.samples)                                # (S,), zeros on empty slots
     have = state.samples.n_collected > 0
-    outs = jax.lax.map(lambda p: apply_fn(p, x), ring)               # (S, n, d): one sample at a time
+    outs = jax.lax.map(lambda p: apply_fn(p, x), ring["params"])     # (S, n, d): one sample at a time
     cur = apply_fn(state.params, x)
     if task == "regression":
         mean = jnp.einsum("s,snd->nd", w, outs)
         var_f = jnp.maximum(jnp.einsum("s,snd->nd", w, (outs - mean) ** 2), 0.0)
-        return Predictive(mean=jnp.where(have, mean, cur), var=jnp.where(have, var_f, 0.0) + state.noise_var)
+        v = jnp.where(have, jnp.sum(w * ring["noise_var"]), state.noise_var)
+        return Predictive(mean=jnp.where(have, mean, cur), var=jnp.where(have, var_f, 0.0) + v)
     probs = jnp.einsum("s,snk->nk", w, jax.nn.softmax(outs, axis=-1))
     return Predictive(probs=jnp.where(have, probs, jax.nn.softmax(cur, axis=-1)))
 
@@ -212,8 +214,10 @@ def build_em_mcmc() -> Method:
         cfg.update(task=data.task, apply=apply_fn, kind=model.kind, spec=spec, loss_scale=hp.loss_scale,
                    learn_noise=hp.learn_noise and data.task == "regression", posterior=hp.noise == "posterior",
                    floor=hp.noise_floor)
-        samples = buffer_init(params, hp.n_samples, _burn_in_steps(hp.burn_in, hp.steps_per_epoch), hp.thin)
-        state = EMMCMCMethodState(params=params, opt=opt, noise_var=jnp.asarray(hp.noise_init, dtype),
+        noise_var = jnp.asarray(hp.noise_init, dtype)
+        samples = buffer_init({"params": params, "noise_var": noise_var}, hp.n_samples,
+                              _burn_in_steps(hp.burn_in, hp.steps_per_epoch), hp.thin)
+        state = EMMCMCMethodState(params=params, opt=opt, noise_var=noise_var,
                                   rss=jnp.zeros(2, dtype), burn_in_epochs=jnp.asarray(hp.burn_in, jnp.int32),
                                   samples=samples, count=jnp.asarray(0, jnp.int32))
         # distinct buffers for every leaf: the training loop donates the state to its jitted epoch
@@ -225,7 +229,7 @@ def build_em_mcmc() -> Method:
             cfg["apply"], state.params, batch, cfg["task"], cfg["loss_scale"], v)
         params, opt = em_mcmc_step(cfg["spec"], grads, state.opt, state.params)
         count = state.count + 1
-        samples = buffer_update(state.samples, params, count)
+        samples = buffer_update(state.samples, {"params": params, "noise_var": state.noise_var}, count)
         kept = sum(jnp.sum(k[0]) for k in opt.keep if len(k))
         new = state.replace(params=params, opt=opt, rss=state.rss + jnp.stack([rss, n_res]).astype(state.rss.dtype),
                             samples=samples, count=count)
