@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from emtdamp import em, mlp, prune, tdamp
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
-from emtdamp.tdamp.state import RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
+from emtdamp.tdamp.state import EVIDENCE_MODES, RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,9 @@ class EmtdampHParams:
     lambda_f: float = hparam(1.0, range=(1e-3, 1.0),
                               doc="PasP forgetting: prior <- posterior^lf x initial prior^(1-lf) per minibatch "
                                   "(1 = pure PasP; ~1 - batch/n_train keeps ~1 epoch of evidence, for long runs)")
+    evidence: str = hparam("repeat", choices=EVIDENCE_MODES,
+                           doc="PasP across epochs: 'repeat' (spec: every epoch re-counts the data) or 'once' "
+                               "(likelihood messages kept per epoch, posterior = one pass of evidence)")
     sigma0_sq: float = hparam(0.0, range=(0.0, 100.0), doc="initial slab variance (0 = gamma / fan-in)")
     gamma: float = hparam(0.1, range=(1e-6, 100.0), doc="slab variance gamma / fan-in when sigma0_sq = 0")
     sigmab0_sq: float = hparam(1.0, range=(1e-6, 100.0), doc="initial bias prior variance")
@@ -49,8 +52,8 @@ def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
     """The static :class:`~emtdamp.tdamp.TdampHParams` for a method configuration."""
     return TdampHParams(task=task, n_iter=hp.n_iter, beta=hp.beta, rho_mode=hp.rho_mode, v_update=hp.v_update,
                         v_passes=hp.v_passes, v_ema=hp.v_ema, v_schedule=hp.v_schedule, lambda_f=hp.lambda_f,
-                        sigma0_sq=hp.sigma0_sq, gamma=hp.gamma, sigmab0_sq=hp.sigmab0_sq, rho0=hp.rho0,
-                        rho_clip=hp.rho_clip, v0=hp.v0, dtype=dtype)
+                        evidence=hp.evidence, sigma0_sq=hp.sigma0_sq, gamma=hp.gamma, sigmab0_sq=hp.sigmab0_sq,
+                        rho0=hp.rho0, rho_clip=hp.rho_clip, v0=hp.v0, dtype=dtype)
 
 
 def tdamp_predictive(state, x, task: str, plug_in: bool) -> Predictive:
@@ -81,6 +84,7 @@ def build_emtdamp() -> Method:
     def end_epoch(state, epoch):
         hp, thp = cfg["hp"], cfg["thp"]
         state = em.end_epoch_v(state, thp)
+        state = tdamp.end_epoch(state, thp)
         return prune.end_epoch(state, epoch, mode=hp.prune, kappa=hp.target_density, warm=hp.warm,
                                ramp=hp.ramp, prune_inputs=hp.prune_inputs)
 

@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from emtdamp import mlp
+from emtdamp.tdamp import evidence
 
 TASKS = ("regression", "classification")
 RHO_MODES = ("group", "layer", "fixed")
 V_UPDATES = ("closed_form", "numerical", "fixed")
 V_SCHEDULES = ("minibatch", "epoch")
+EVIDENCE_MODES = ("repeat", "once")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,12 @@ class TdampHParams:
         ``N(0, sigma0^2)``, ``N(0, sigmab0^2)``; see :func:`emtdamp.tdamp.pasp`). 1 = pure PasP.
     pasp: carry the posterior to the prior after each minibatch (spec section 2.6). ``False`` keeps
         the initial prior (used for full-batch EM-GAMP, e.g. sparse linear regression).
+    evidence: how PasP counts the data across epochs. ``"repeat"`` (the spec's PasP, with
+        ``lambda_f``): every minibatch's likelihood enters the prior for good, so E epochs hold E
+        copies of the data. ``"once"``: the likelihood messages are kept per epoch and the prior of
+        each minibatch is the initial prior times the evidence of every *other* row, counted once
+        (:mod:`emtdamp.tdamp.evidence`; needs :func:`emtdamp.tdamp.end_epoch` at every epoch end;
+        ``lambda_f`` and ``pasp`` are then ignored).
     sigma0_sq: initial slab variance; ``0.0`` means ``gamma / N_in`` per layer.
     gamma: see ``sigma0_sq``.
     sigmab0_sq: initial bias prior variance.
@@ -70,6 +78,7 @@ class TdampHParams:
     v_schedule: str = "minibatch"
     lambda_f: float = 1.0
     pasp: bool = True
+    evidence: str = "repeat"
     sigma0_sq: float = 0.0
     gamma: float = 0.1
     sigmab0_sq: float = 1.0
@@ -82,7 +91,8 @@ class TdampHParams:
     def __post_init__(self):
         for name, val, allowed in (("task", self.task, TASKS), ("rho_mode", self.rho_mode, RHO_MODES),
                                    ("v_update", self.v_update, V_UPDATES),
-                                   ("v_schedule", self.v_schedule, V_SCHEDULES)):
+                                   ("v_schedule", self.v_schedule, V_SCHEDULES),
+                                   ("evidence", self.evidence, EVIDENCE_MODES)):
             if val not in allowed:
                 raise ValueError(f"TdampHParams.{name}={val!r}; choose one of {allowed}")
         if self.n_iter < 1:
@@ -139,6 +149,8 @@ class TdampState:
         sum of E[e^2] of the augmented pairwise model and #pairs).
     v_stat_acc, v_count_acc: the same summed since the last epoch end (per-epoch M-step).
     count: number of minibatches processed.
+    evidence: :class:`~emtdamp.tdamp.evidence.Evidence` bookkeeping when ``hparams.evidence ==
+        "once"``, else None.
     """
 
     layers: list
@@ -148,6 +160,7 @@ class TdampState:
     v_stat_acc: jax.Array
     v_count_acc: jax.Array
     count: jax.Array
+    evidence: object = None
 
 
 def initial_slab_var(hparams: TdampHParams, n_in: int) -> float:
@@ -187,8 +200,13 @@ def init(key: jax.Array, layer_sizes: Sequence[int], hparams: TdampHParams,
                                  pi=jnp.full((n_in,), hparams.rho0, dtype),
                                  mask=jnp.ones((n_in,), dtype), lam_acc=jnp.zeros((n_in,), dtype)))
     z = lambda: jnp.zeros((), dtype)
+    ev = None
+    if hparams.evidence == "once":
+        ev = evidence.init_evidence([lay.mu0 for lay in layers], [lay.s0 for lay in layers],
+                                    [lay.b0 for lay in layers], [lay.vb0 for lay in layers],
+                                    [lay.rho for lay in layers])
     return TdampState(layers=layers, v=jnp.full((), hparams.v0, dtype), v_stat=z(), v_count=z(), v_stat_acc=z(),
-                      v_count_acc=z(), count=jnp.zeros((), jnp.int32))
+                      v_count_acc=z(), count=jnp.zeros((), jnp.int32), evidence=ev)
 
 
 def layer_sizes(state: TdampState) -> tuple[int, ...]:

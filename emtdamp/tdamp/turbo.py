@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from emtdamp.gaussian import bounds, clip_var, relu_posterior
-from emtdamp.tdamp import module_a, module_b
+from emtdamp.tdamp import evidence, module_a, module_b
 from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, initial_slab_var
 
 
@@ -39,7 +39,12 @@ def _output(hp: TdampHParams, P, VP, y, v, w):
 
 
 def _damp_iteration(hp: TdampHParams, x, y, w, v, carry):
-    """One forward + backward sweep. ``carry = (layers, S_prev, R, VR, lam_sum, stat, count, P_L, VP_L)``."""
+    """One forward + backward sweep.
+
+    ``carry = (layers, S_prev, R, VR, lam_sum, stat, count, P_L, VP_L, bias_post)``; ``bias_post`` is the
+    per-layer undamped bias posterior ``(mean, var)`` and group log-evidence ``Lambda`` of the iteration
+    (the bias and support sites for the "once" evidence bookkeeping).
+    """
     layers, S_prev, R, VR, lam_sum = carry[:5]
     L = len(layers)
     beta = hp.beta
@@ -55,6 +60,7 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry):
             TU.append(tu)
     # ---- backward sweep ---------------------------------------------------------------------
     layers, S_prev, R, VR, lam_sum = list(layers), list(S_prev), list(R), list(VR), list(lam_sum)
+    bias_post = list(carry[9])
     stat = count = None
     for l in reversed(range(L)):
         if l == L - 1:
@@ -70,13 +76,14 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry):
                                                                   layer.mask)
         b_n, vb_n = module_b.denoise_bias(lik_b, layer.b0, layer.vb0)
         lam_sum[l] = lam_sum[l] + lam
+        bias_post[l] = (b_n, vb_n, lam)
         layers[l] = layer.replace(
             W=beta * W_n + (1.0 - beta) * layer.W,
             VW=jnp.maximum(beta * VW_n + (1.0 - beta) * layer.VW, lo),
             b=beta * b_n + (1.0 - beta) * layer.b,
             vb=beta * vb_n + (1.0 - beta) * layer.vb,
             slab_m=m_pl, slab_v=v_pl, pi=pi)
-    return (layers, S_prev, R, VR, lam_sum, stat, count, P[L - 1], VP[L - 1])
+    return (layers, S_prev, R, VR, lam_sum, stat, count, P[L - 1], VP[L - 1], bias_post)
 
 
 def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: TdampHParams,
@@ -86,6 +93,13 @@ def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdamp
     Returns the updated state (weights, biases, slab posteriors, pi, lam_acc), the output-layer
     statistics of the last iteration and the v E-step statistic/count (at the current v).
     """
+    return _damp_minibatch(state, x, y, hparams, w)[:4]
+
+
+def _damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: TdampHParams,
+                    w: jax.Array | None = None):
+    """:func:`damp_minibatch` plus the last iteration's undamped bias posteriors and group evidence
+    (list of ``(mean, var, Lambda)``)."""
     dtype = state.v.dtype
     x = jnp.asarray(x, dtype)
     B = x.shape[0]
@@ -99,12 +113,49 @@ def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdamp
     lam_sum = [jnp.zeros_like(lay.lam_acc) for lay in layers]
     K = layers[-1].W.shape[1]
     zero = jnp.zeros((), dtype)
-    carry = (layers, S_prev, R, VR, lam_sum, zero, zero, jnp.zeros((B, K), dtype), jnp.ones((B, K), dtype))
+    bias_post = [(lay.b0, lay.vb0, jnp.zeros_like(lay.lam_acc)) for lay in layers]
+    carry = (layers, S_prev, R, VR, lam_sum, zero, zero, jnp.zeros((B, K), dtype), jnp.ones((B, K), dtype),
+             bias_post)
     body = lambda _, c: _damp_iteration(hparams, x, y, w, state.v, c)
     carry = jax.lax.fori_loop(0, hparams.n_iter, body, carry)
-    layers, _, _, _, lam_sum, stat, count, P_L, VP_L = carry
+    layers, _, _, _, lam_sum, stat, count, P_L, VP_L, bias_post = carry
     layers = [lay.replace(lam_acc=lay.lam_acc + ls) for lay, ls in zip(layers, lam_sum, strict=True)]
-    return state.replace(layers=layers), ZStats(P=P_L, VP=VP_L, y=y, w=w), stat, count
+    return state.replace(layers=layers), ZStats(P=P_L, VP=VP_L, y=y, w=w), stat, count, bias_post
+
+
+def set_prior_once(state: TdampState, batch_rows: jax.Array, hparams: TdampHParams) -> TdampState:
+    """``evidence="once"``: set every layer's prior ``(mu0, s0, b0, vb0)`` to the cavity of the coming
+    minibatch of ``batch_rows`` real rows (:func:`emtdamp.tdamp.evidence.cavity`); in
+    ``rho_mode="group"`` also the support prior ``rho`` (clipped to ``[eps, 1 - eps]``, masked)."""
+    cav = evidence.cavity(state.evidence, batch_rows)
+    eps = hparams.rho_clip
+    layers = []
+    for lay, (m, s, bm, bv, lg) in zip(state.layers, cav, strict=True):
+        lay = lay.replace(mu0=m, s0=s, b0=bm, vb0=bv)
+        if hparams.rho_mode == "group":
+            lay = lay.replace(rho=jnp.clip(jax.nn.sigmoid(lg), eps, 1.0 - eps) * lay.mask)
+        layers.append(lay)
+    return state.replace(layers=layers)
+
+
+def record_sites_once(state: TdampState, bias_post: list, batch_rows: jax.Array) -> TdampState:
+    """``evidence="once"``: add the minibatch's likelihood messages (slab posterior / prior for the
+    weights, undamped bias posterior / prior for the biases, group log-evidence for the supports) to
+    the evidence bookkeeping."""
+    sites = []
+    for lay, (bm, bv, lam) in zip(state.layers, bias_post, strict=True):
+        pw, ew = evidence.site(lay.slab_m, lay.slab_v, lay.mu0, lay.s0)
+        pb, eb = evidence.site(bm, bv, lay.b0, lay.vb0)
+        sites.append((pw, ew, pb, eb, lam * lay.mask))
+    return state.replace(evidence=evidence.add_sites(state.evidence, sites, batch_rows))
+
+
+def end_epoch(state: TdampState, hparams: TdampHParams) -> TdampState:
+    """Epoch end of the E-step bookkeeping: with ``evidence="once"`` the epoch's sites become the
+    previous epoch's (:func:`emtdamp.tdamp.evidence.roll`); otherwise the state is returned unchanged."""
+    if hparams.evidence != "once":
+        return state
+    return state.replace(evidence=evidence.roll(state.evidence))
 
 
 def pasp(state: TdampState, hparams: TdampHParams) -> TdampState:
@@ -148,6 +199,10 @@ def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: Tda
          w: jax.Array | None = None) -> tuple[TdampState, dict]:
     """One minibatch of EM-TDAMP's E-step: ``I_A`` turbo DAMP iterations, then PasP.
 
+    With ``hparams.evidence == "once"`` the prior is first set to the minibatch's cavity (initial
+    prior x the evidence of the other rows, counted once) and the minibatch's likelihood messages are
+    recorded afterwards instead of PasP (:mod:`emtdamp.tdamp.evidence`).
+
     The M-step (:func:`emtdamp.em.m_step`) is separate; :func:`epoch` chains both.
 
     Parameters
@@ -166,8 +221,15 @@ def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: Tda
         probit-product log-score for classification, both from the last iteration's forward
         messages), ``"v"`` and ``"zstats"`` (:class:`ZStats` for the v M-step).
     """
-    state, zs, stat, count = damp_minibatch(state, x_batch, y_batch, hparams, w)
-    if hparams.pasp:
+    once = hparams.evidence == "once"
+    if once:
+        B = x_batch.shape[0]
+        rows = jnp.sum(jnp.ones((B,), state.v.dtype) if w is None else jnp.asarray(w, state.v.dtype))
+        state = set_prior_once(state, rows, hparams)
+    state, zs, stat, count, bias_post = _damp_minibatch(state, x_batch, y_batch, hparams, w)
+    if once:
+        state = record_sites_once(state, bias_post, rows)
+    elif hparams.pasp:
         state = pasp(state, hparams)
     state = state.replace(v_stat=stat, v_count=count, v_stat_acc=state.v_stat_acc + stat,
                           v_count_acc=state.v_count_acc + count, count=state.count + 1)
@@ -255,4 +317,4 @@ def epoch(state: TdampState, xs: jax.Array, ys: jax.Array, ws: jax.Array | None,
     return jax.lax.scan(body, state, (xs, ys, ws))
 
 
-__all__ = ["LayerState", "ZStats", "damp_minibatch", "epoch", "forward_moments", "pasp", "predict", "step"]
+__all__ = ["LayerState", "ZStats", "damp_minibatch", "end_epoch", "epoch", "forward_moments", "pasp", "predict", "step"]
