@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BAYESIAN = ("emtdamp", "sghmc", "sghmc_sa", "em_mcmc")
 
@@ -50,9 +52,10 @@ def test_uncertainty_grows_in_the_gap_for_every_bayesian_method(report):
     """Issue 16 acceptance: mean predictive sd inside the gap >= 2 x the mean sd on the training inputs,
     for NUTS and every Bayesian method. adam (a point estimate with a residual variance, the same sd at
     every input by construction) is reported in the table but is not a posterior, so it is not held to it."""
-    proc, out = report
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    _, out = report
     rows = {r["method"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]["gap"]}
-    ratios = {m: rows[m]["gap_ratio"] for m in ("nuts", *BAYESIAN)}
-    too_flat = {m: round(v, 3) for m, v in ratios.items() if not v >= 2.0}
-    assert not too_flat, f"gap / train predictive sd below 2: {too_flat} (all: {ratios})"
+    # a method that did not finish (diverged, crashed) fails this criterion too, with its error as the reason
+    ratios = {m: rows[m].get("gap_ratio", rows[m].get("error", "missing")) if m in rows else "missing"
+              for m in ("nuts", *BAYESIAN)}
+    too_flat = {m: v for m, v in ratios.items() if not (isinstance(v, float) and v >= 2.0)}
+    assert not too_flat, f"gap / train predictive sd below 2 (or no result): {too_flat} (all: {ratios})"
