@@ -9,6 +9,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from emtdamp.data import load
 from emtdamp.data.partition import iid
@@ -233,3 +234,12 @@ def test_emtdamp_fed_vmapped_round_matches_loop_and_padding_changes_nothing():
     a = upd(server, jnp.asarray(x), jnp.asarray(y), jnp.asarray(m), key)
     b = upd(server, jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mp), key)
     _leaves_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_emtdamp_fed_refuses_evidence_once():
+    """Clients restart from the broadcast posterior each round: "data seen once" across epochs has no meaning."""
+    fm = get_fed_method("emtdamp_fed")
+    data = load("boston")
+    with pytest.raises(ValueError, match="evidence=repeat"):
+        fm.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec,
+                fm.hparams_cls(n_clients=2, partition="iid", evidence="once"), 32)

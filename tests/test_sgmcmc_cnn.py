@@ -130,8 +130,9 @@ def test_step_gradient_matches_reference_energy(x64, task, ssgl_layers, names):
     m, step, _ = _method("sghmc_sa", f"x64-{task}")
     # learning_rate 1, momentum 1: the SGHMC noise variance 2ε(1−m) − ε² < 0 is clipped to 0, so one step
     # from zero momentum gives v = −ε g = −g exactly: the momentum after the step IS minus the gradient
+    # noise="sa": the paper's energy, whose likelihood shares the SSGL σ² (ref_energy's sigma2)
     hp = SGMCMCHParams(learning_rate=1.0, momentum=1.0, ssgl_layers=ssgl_layers, weight_decay=3e-3,
-                       kappa0_init=0.7, kappa1_init=2.5, sigma_init=0.8, v0=0.05, v1=2.0)
+                       kappa0_init=0.7, kappa1_init=2.5, sigma_init=0.8, v0=0.05, v1=2.0, noise="sa")
     st = m.init(jax.random.key(3), MODEL, spec, hp)
     n_out = 1 if task == "regression" else 3
     assert [tuple(st.params[k]["kernel"].shape) for k in layer_keys(st.params)] == [*KSHAPES[:3], (6, n_out)]

@@ -86,6 +86,9 @@ def build_emtdamp_fed() -> FedMethod:
         mlp.require_mlp(model, "emtdamp_fed")
         if model.activation != "relu":
             raise ValueError(f"emtdamp_fed supports ReLU networks only (got activation {model.activation!r})")
+        if getattr(hp, "evidence", "repeat") != "repeat":
+            raise ValueError("emtdamp_fed: method.evidence=once needs epochs over one data set (its clients run "
+                             "local passes from the broadcast posterior); use method.evidence=repeat")
         dtype = str(jnp.dtype(jnp.result_type(float)))
         thp = tdamp_hparams(hp, data.task, dtype)
         # clients: v held at the broadcast value, supports carried by PasP (rho_g <- pi_g)
