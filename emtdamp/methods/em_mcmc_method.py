@@ -45,7 +45,15 @@ from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_
 from emtdamp.em_mcmc.groups import weight_mask
 from emtdamp.losses import data_loss
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
-from emtdamp.sgmcmc.samples import SampleBuffer, buffer_init, buffer_update, buffer_weights, ring_samples
+from emtdamp.sgmcmc.samples import (
+    SampleBuffer,
+    buffer_init,
+    buffer_update,
+    buffer_weights,
+    mixture_moments,
+    mixture_probs,
+    ring_samples,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,12 +185,10 @@ def sample_predictive(apply_fn, state: EMMCMCMethodState, x: jax.Array, task: st
     outs = jax.lax.map(lambda p: apply_fn(p, x), ring["params"])     # (S, n, d): one sample at a time
     cur = apply_fn(state.params, x)
     if task == "regression":
-        mean = jnp.einsum("s,snd->nd", w, outs)
-        var_f = jnp.maximum(jnp.einsum("s,snd->nd", w, (outs - mean) ** 2), 0.0)
+        mean, var_f = mixture_moments(outs, w)
         v = jnp.where(have, jnp.sum(w * ring["noise_var"]), state.noise_var)
         return Predictive(mean=jnp.where(have, mean, cur), var=jnp.where(have, var_f, 0.0) + v)
-    probs = jnp.einsum("s,snk->nk", w, jax.nn.softmax(outs, axis=-1))
-    return Predictive(probs=jnp.where(have, probs, jax.nn.softmax(cur, axis=-1)))
+    return Predictive(probs=jnp.where(have, mixture_probs(outs, w), jax.nn.softmax(cur, axis=-1)))
 
 
 def build_em_mcmc() -> Method:

@@ -390,16 +390,13 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                                (ring, w))
         cur = apply_fn(state.params, x)
         if cfg["task"] == "regression":
-            mean = jnp.einsum("s,snd->nd", w, outs)
-            second = jnp.einsum("s,snd->nd", w, outs ** 2)
-            var_f = jnp.maximum(second - mean ** 2, 0.0)
+            mean, var_f = sg.mixture_moments(outs, w)
             mean = jnp.where(have, mean, cur)
             var_f = jnp.where(have, var_f, 0.0)
             # mixture over the kept samples: Var = mean_s(f_s² + s²_s) − mean² = var_f + mean_s s²_s
             s2 = jnp.where(have, jnp.sum(w * sg.ring_samples(state.noise_samples)), state.noise_var)
             return Predictive(mean=mean, var=var_f + s2)
-        probs = jnp.einsum("s,snk->nk", w, jax.nn.softmax(outs, axis=-1))
-        return Predictive(probs=jnp.where(have, probs, jax.nn.softmax(cur, axis=-1)))
+        return Predictive(probs=jnp.where(have, sg.mixture_probs(outs, w), jax.nn.softmax(cur, axis=-1)))
 
     def sparsity(state: SGMCMCState) -> dict:
         kernels = kernels_of(state.params, range(cfg["n_layers"]))

@@ -96,6 +96,19 @@ def ring_samples(buf: SampleBuffer) -> PyTree:
     return jax.tree_util.tree_map(lambda s: s[:-1], buf.samples)
 
 
+def mixture_moments(outs: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and spread of network outputs over ring slots: ``outs (S, n, d)``, weights ``w (S,)`` from
+    :func:`buffer_weights` -> ``(mean (n, d), var (n, d))`` with ``var = Σ_s w_s (f_s − mean)²`` (centred,
+    so no cancellation). Add the mean noise variance for the predictive of a Gaussian likelihood."""
+    mean = jnp.einsum("s,snd->nd", w, outs)
+    return mean, jnp.einsum("s,snd->nd", w, (outs - mean) ** 2)
+
+
+def mixture_probs(logits: jax.Array, w: jax.Array) -> jax.Array:
+    """``Σ_s w_s softmax(logits_s)``: ``logits (S, n, K)``, ``w (S,)`` -> ``(n, K)`` class probabilities."""
+    return jnp.einsum("s,snk->nk", w, jax.nn.softmax(logits, axis=-1))
+
+
 def posterior_mean(buf: SampleBuffer, fallback: PyTree | None = None) -> PyTree:
     """Running posterior mean ``Σθ / n``; ``fallback`` (e.g. the current θ) while nothing is collected."""
     n = buf.n_collected
