@@ -112,10 +112,10 @@ def guard_metric(task: str, test: dict) -> tuple[str, float]:
     return name, float(test[name])
 
 
-def _diverged(guard: DivergenceGuard, monitor: DivergenceMonitor, msg: str, record: dict) -> bool:
+def _diverged(monitor: DivergenceMonitor, msg: str, record: dict) -> bool:
     """Mark ``record`` as diverged; True when the run must stop (mode "stop"), else warn once."""
     record["diverged"] = True
-    if guard.mode == "stop":
+    if monitor.guard.mode == "stop":
         return True
     if not monitor.warned:
         monitor.warned = True
@@ -195,7 +195,7 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
             bar.set_postfix({k: f"{v:.4g}" for k, v in test.items() if k in ("rmse", "accuracy", "nll")},
                             refresh=False)
             msg = monitor.update_metric(ep, *guard_metric(data.spec.task, test)) or msg
-        stop = msg is not None and _diverged(guard, monitor, msg, record)
+        stop = msg is not None and _diverged(monitor, msg, record)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -359,7 +359,7 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
                 msgs[i] = monitors[i].update_metric(ep, *guard_metric(spec.task, tests[i])) or msgs[i]
             key = "rmse" if spec.task == "regression" else "accuracy"
             bar.set_postfix({f"mean {key}": f"{np.mean([t[key] for t in tests]):.4g}"}, refresh=False)
-        stops = [m is not None and _diverged(guard, monitors[i], m, records[i]) for i, m in enumerate(msgs)]
+        stops = [m is not None and _diverged(monitors[i], m, records[i]) for i, m in enumerate(msgs)]
         for i in range(r):
             histories[i].append(records[i])
             if on_epoch is not None:
