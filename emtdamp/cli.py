@@ -126,8 +126,7 @@ def cmd_list(args) -> int:
 def cmd_predict(args) -> int:
     from emtdamp.data import load
     from emtdamp.federated import get_fed_method
-    from emtdamp.methods import get_method
-    from emtdamp.runs import load_checkpoint
+    from emtdamp.runs import load_checkpoint, method_of
     from emtdamp.train import predict_in_chunks
 
     run_dir = Path(args.run_dir)
@@ -138,7 +137,7 @@ def cmd_predict(args) -> int:
     cfg = cfgmod.from_dict(raw, run_dir.name)
     train_data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
     fm = get_fed_method(cfg.method.name)
-    method = fm if fm is not None else get_method(cfg.method.name)
+    method = fm if fm is not None else method_of(cfg)
     with jax.enable_x64(cfg.train.dtype == "float64"):
         key = jax.random.PRNGKey(cfg.train.seed)
         if fm is not None:

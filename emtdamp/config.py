@@ -62,6 +62,7 @@ class TrainConfig:
     progress: bool = True
     on_divergence: str = "stop"      # stop | warn | ignore (emtdamp.divergence)
     divergence_factor: float = 1000.0  # growth of the train loss / test metric over its best that counts
+    chains: int = 1                  # independent chains / fits, vmapped, predictive mixed (emtdamp.methods.chains)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,7 @@ _RANGES = {
     "train.epochs": (1, 10_000_000), "train.batch_size": (1, 10_000_000), "train.seed": (0, 2**31 - 1),
     "train.eval_every": (1, 10_000_000), "output.checkpoint_every": (1, 10_000_000), "data.seed": (0, 2**31 - 1),
     "model.kernel_size": (1, 64), "train.divergence_factor": (1.0 + 1e-9, 1e300),
+    "train.chains": (1, 1024),
 }
 _CHOICES = {"train.dtype": ("float32", "float64"), "train.on_divergence": ("stop", "warn", "ignore"),
             "model.activation": ("relu", "tanh", "gelu", "sigmoid"),
@@ -241,6 +243,19 @@ def _build_method(raw: dict | None) -> MethodConfig:
     return MethodConfig(name=name, hparams=build_dataclass(hparams_cls_of(name), raw, "method"))
 
 
+def _check_chains(name: str, chains: int) -> None:
+    """``train.chains > 1`` needs a centralised method that does not run its own chains."""
+    from emtdamp.federated import get_fed_method
+    from emtdamp.methods.chains import OWN_CHAINS
+
+    if name in OWN_CHAINS:
+        raise ConfigError(f"train.chains={chains}: {name} runs its own chains; set method.chains={chains} "
+                          "and leave train.chains=1")
+    if get_fed_method(name) is not None:
+        raise ConfigError(f"train.chains={chains}: federated method {name} has no chain axis; "
+                          "leave train.chains=1 (vary train.seed in a sweep instead)")
+
+
 def from_dict(raw: dict, name: str = "config") -> Config:
     """Validate a raw config mapping (as read from YAML, overrides applied) into a :class:`Config`."""
     if not isinstance(raw, dict):
@@ -260,6 +275,8 @@ def from_dict(raw: dict, name: str = "config") -> Config:
                           "(or use model.kind=mlp)")
     method = _build_method(raw.get("method"))
     train = build_dataclass(TrainConfig, raw.get("train"), "train", _RANGES, _CHOICES)
+    if train.chains > 1:
+        _check_chains(method.name, train.chains)
     check = getattr(method.hparams, "check_train", None)  # optional cross-field check of a method
     if callable(check):
         try:

@@ -26,7 +26,8 @@ from emtdamp import config as cfgmod
 from emtdamp.data import load
 from emtdamp.divergence import DivergenceError, DivergenceGuard
 from emtdamp.federated import get_fed_method, train_federated
-from emtdamp.methods import get_method
+from emtdamp.methods import Method, get_method
+from emtdamp.methods.chains import with_chains
 from emtdamp.metrics import plot_reliability
 from emtdamp.train import NotVmappable, TrainResult, predict_in_chunks, train, train_group
 
@@ -77,6 +78,11 @@ def load_checkpoint(path: Path, like):
             raise ValueError(f"checkpoint {path}: array {i} has shape {np.shape(a)}, the state expects {want}")
         out.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(b)) if typed_key else jax.numpy.asarray(a))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def method_of(cfg: cfgmod.Config) -> Method:
+    """The centralised method a config trains: ``method.name``, run as ``train.chains`` vmapped chains."""
+    return with_chains(get_method(cfg.method.name), cfg.train.chains)
 
 
 def default_run_dir(cfg: cfgmod.Config) -> Path:
@@ -145,7 +151,7 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     fm = get_fed_method(cfg.method.name)
     if fm is not None:
         return _run_federated(cfg, fm, data, run_dir, on_epoch, progress)
-    method = get_method(cfg.method.name)
+    method = method_of(cfg)
     with _divergence_note(cfg, [run_dir]):
         res = train(method, cfg.method.hparams, cfg.model.spec(), data, epochs=cfg.train.epochs,
                     batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
@@ -252,7 +258,7 @@ def run_group(cfgs: list[cfgmod.Config], run_dirs: list[str | Path], progress: b
 def _run_group_vmapped(cfgs, run_dirs: list[Path], progress):
     c0 = cfgs[0]
     datasets = [load(c.data.name, seed=c.data.seed, **c.data.options) for c in cfgs]
-    method = get_method(c0.method.name)
+    method = method_of(c0)
     dirs = [_start_run_dir(c, d) for c, d in zip(cfgs, run_dirs, strict=True)]
     for d in dirs:
         (d / "metrics.jsonl").write_text("")

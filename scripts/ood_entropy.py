@@ -21,8 +21,7 @@ import yaml
 from emtdamp import config as cfgmod
 from emtdamp.data import load
 from emtdamp.federated import get_fed_method
-from emtdamp.methods import get_method
-from emtdamp.runs import load_checkpoint
+from emtdamp.runs import load_checkpoint, method_of
 from emtdamp.train import predict_in_chunks
 
 
@@ -55,7 +54,7 @@ def main(argv=None) -> int:
             mu, sd = raw.x_train.mean(0), raw.x_train.std(0) + 0.1
             x_ood = ((x_ood - mu) / sd).astype(np.float32)
         fm = get_fed_method(cfg.method.name)
-        method = fm or get_method(cfg.method.name)
+        method = fm or method_of(cfg)
         key = jax.random.PRNGKey(cfg.train.seed)
         like = (fm.init(key, cfg.model.spec(), data.spec, cfg.method.hparams, cfg.train.batch_size) if fm
                 else method.init(key, cfg.model.spec(), data.spec, cfg.method.hparams))

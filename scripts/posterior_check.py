@@ -54,9 +54,9 @@ import numpy as np
 
 from emtdamp.config import load_config
 from emtdamp.data import DataError, load
-from emtdamp.methods import get_method, method_names
+from emtdamp.methods import method_names
 from emtdamp.metrics import classification_metrics, regression_metrics
-from emtdamp.runs import run_config
+from emtdamp.runs import method_of, run_config
 from emtdamp.train import predict_in_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ def run_method(problem: str, method: str, data_seed: int, runs_root: Path, quick
     data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
     # a fresh instance of the method, initialised once so that its static closure (network, task) is set as
     # in training; it then predicts from the trained state (as scripts/ood_entropy.py does)
-    m = get_method(cfg.method.name)
+    m = method_of(cfg)
     m.init(jax.random.PRNGKey(cfg.train.seed), cfg.model.spec(), data.spec, cfg.method.hparams)
     out = {"method": method, "seconds": seconds, "summary": summary, "data": data, "cfg": cfg,
            "test_pred": predict_in_chunks(m, res.state, data.x_test)}

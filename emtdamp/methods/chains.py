@@ -1,0 +1,164 @@
+"""Several independent chains of one method, trained as one vmapped program: ``train.chains: K``.
+
+One chain of a stochastic-gradient sampler explores one basin of a neural network's posterior; the
+posterior predictive of ``K`` chains started from independent initialisations is the equal-weight
+mixture of the chains' predictives (the standard multi-chain estimate: NUTS in emtdamp, BlackJAX and
+NumPyro runs ``K`` chains the same way). :func:`with_chains` turns any :class:`~emtdamp.methods.base.Method`
+into that ensemble:
+
+- ``init``: chain ``k`` is ``method.init`` with the ``k``-th of ``K`` keys split from the run's init key;
+  the state gets a leading chain axis ``(K, ...)`` on every leaf.
+- ``step``: ``vmap`` over the chain axis, every chain on the *same* minibatch, each with its own state
+  (and so its own random stream, which every method keeps in its state); metrics are chain means.
+- ``predict``: the mixture. Regression: ``mean = (1/K) Σ_k m_k`` and ``var = (1/K) Σ_k v_k +
+  (1/K) Σ_k (m_k − mean)²`` (law of total variance, per output); classification: ``probs = (1/K) Σ_k p_k``.
+- ``sparsity``: the chain average of every figure (``params_remaining`` rounded).
+- ``diagnostics``: split R-hat and bulk ESS (Vehtari et al. 2021, :mod:`emtdamp.nuts.diagnostics`) across
+  the chains of every *scalar* quantity the method keeps thinned samples of (its
+  :class:`~emtdamp.sgmcmc.samples.SampleBuffer` leaves of per-sample shape ``()``, e.g. SG-MCMC's noise
+  variance s²). Parameter-space R-hat of a neural network is not reported: hidden units are exchangeable,
+  so chains in permuted modes disagree on every weight while agreeing on every prediction.
+
+For a method that is not a sampler (EM-TDAMP, adam) the same wrapper is an ensemble of ``K``
+independently initialised fits, mixed the same way. ``nuts`` runs its own chains (``method.chains``) and
+is refused here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emtdamp.methods.base import Method, Predictive, PyTree
+from emtdamp.nuts.diagnostics import summarise
+from emtdamp.sgmcmc.samples import SampleBuffer, buffer_size
+
+OWN_CHAINS = ("nuts",)  # methods that run several chains themselves
+
+
+def chain_mixture(pred: Predictive) -> Predictive:
+    """Equal-weight mixture of per-chain predictives with a leading chain axis ``K``.
+
+    Parameters
+    ----------
+    pred: ``mean``, ``var`` of shape ``(K, n, d_out)`` (regression) or ``probs (K, n, C)``.
+
+    Returns
+    -------
+    Predictive with ``mean``, ``var`` ``(n, d_out)`` (``var`` = mean within-chain variance + variance of
+    the chain means, ``1/K`` normalised) or ``probs (n, C)``.
+    """
+    if pred.probs is not None:
+        return Predictive(probs=jnp.mean(pred.probs, axis=0))
+    mean = jnp.mean(pred.mean, axis=0)
+    var = jnp.mean(pred.var, axis=0) + jnp.mean(jnp.square(pred.mean - mean), axis=0)
+    return Predictive(mean=mean, var=var)
+
+
+def chain_slice(states: PyTree, k: int) -> PyTree:
+    """The state of chain ``k`` (every leaf indexed on its leading chain axis)."""
+    return jax.tree_util.tree_map(lambda a: a[k], states)
+
+
+def n_chains_of(states: PyTree) -> int:
+    """``K``: the size of the leading chain axis of a multi-chain state."""
+    return int(jax.tree_util.tree_leaves(states)[0].shape[0])
+
+
+def _time_ordered(samples: np.ndarray, n_collected: int) -> np.ndarray:
+    """Ring-buffer slots ``(size, ...)`` (scratch slot dropped) in collection order, oldest first."""
+    size = samples.shape[0]
+    if n_collected <= size:
+        return samples[:n_collected]
+    start = n_collected % size
+    return np.concatenate([samples[start:], samples[:start]], axis=0)
+
+
+def scalar_sample_draws(states: PyTree) -> dict[str, np.ndarray]:
+    """Draws ``(K, N)`` of every scalar quantity kept in a sample buffer of a multi-chain state.
+
+    Keys are the buffers' paths in the state (``jax.tree_util.keystr``); ``N`` is the number of samples every
+    chain holds (the shortest chain's count).
+    """
+    out = {}
+    leaves = jax.tree_util.tree_leaves_with_path(states, is_leaf=lambda x: isinstance(x, SampleBuffer))
+    for path, buf in leaves:
+        if not isinstance(buf, SampleBuffer):
+            continue
+        sample_leaves = jax.tree_util.tree_leaves_with_path(buf.samples)
+        counts = np.asarray(buf.n_collected).reshape(-1)
+        size = buffer_size(chain_slice(buf, 0))
+        n = int(min(counts.min(), size))
+        for spath, s in sample_leaves:
+            s = np.asarray(s)
+            if s.ndim != 2 or n < 1:  # (K, size + 1): one scalar per sample
+                continue
+            draws = np.stack([_time_ordered(s[k, :size], int(counts[k]))[-n:] for k in range(s.shape[0])])
+            out[(jax.tree_util.keystr(path) + jax.tree_util.keystr(spath)).lstrip(".")] = draws
+    return out
+
+
+def with_chains(method: Method, n_chains: int) -> Method:
+    """``method`` run as ``n_chains`` independent chains in one vmapped program (see the module docstring).
+
+    Parameters
+    ----------
+    method: any method whose ``init`` / ``step`` / ``predict`` trace under ``vmap``.
+    n_chains: ``K >= 1``; ``K = 1`` returns ``method`` itself (no chain axis).
+
+    Returns
+    -------
+    Method with the same name and hyperparameter class whose state has a leading ``(K, ...)`` chain axis.
+    """
+    if n_chains < 1:
+        raise ValueError(f"train.chains must be >= 1, got {n_chains}")
+    if n_chains == 1:
+        return method
+    if method.name in OWN_CHAINS:
+        raise ValueError(f"{method.name} runs its own chains: set method.chains={n_chains} and leave train.chains=1")
+
+    def init(key, model, data, hparams):
+        keys = jax.random.split(key, n_chains)
+        return jax.vmap(lambda k: method.init(k, model, data, hparams))(keys)
+
+    def step(states, batch):
+        states, metrics = jax.vmap(method.step, in_axes=(0, None))(states, batch)
+        return states, jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), metrics)
+
+    def predict(states, x):
+        return chain_mixture(jax.vmap(method.predict, in_axes=(0, None))(states, x))
+
+    end_epoch = None
+    if method.end_epoch is not None:
+        def end_epoch(states, epoch):
+            return jax.vmap(method.end_epoch, in_axes=(0, None))(states, epoch)
+
+    sparsity = None
+    if method.sparsity is not None:
+        def sparsity(states):
+            per = [method.sparsity(chain_slice(states, k)) for k in range(n_chains_of(states))]
+            out = {}
+            for name in per[0]:
+                v = np.mean([np.asarray(p[name], np.float64) for p in per], axis=0)
+                out[name] = int(round(float(v))) if name == "params_remaining" else v
+            return out
+
+    def diagnostics(states):
+        out: dict = {"chains": n_chains_of(states)}
+        if method.diagnostics is not None:
+            out["per_chain"] = [method.diagnostics(chain_slice(states, k)) for k in range(n_chains_of(states))]
+        rhat, ess = {}, {}
+        for name, draws in scalar_sample_draws(states).items():
+            s = summarise(draws[:, :, None])
+            if s["rhat_max"] is not None:
+                rhat[name], ess[name] = s["rhat_max"], s["ess_bulk_min"]
+        out["samples_per_chain"] = int(min((d.shape[1] for d in scalar_sample_draws(states).values()), default=0))
+        out["rhat"], out["ess_bulk"] = rhat, ess
+        return out
+
+    return dataclasses.replace(method, init=init, step=step, predict=predict, end_epoch=end_epoch, sparsity=sparsity,
+                               diagnostics=diagnostics,
+                               description=f"{method.description} [{n_chains} chains, mixed]")
