@@ -239,8 +239,12 @@ def regression_row(r: dict, ref: dict | None, problem: str) -> dict:
     diag = r["summary"].get("diagnostics")
     if isinstance(diag, dict) and isinstance(diag.get("rhat"), dict):
         rh = diag["rhat"]
-        row["note"] = "R-hat fn median {} max {}".format(*(_fmt(rh.get(k)) for k in ("function_median",
-                                                                                     "function_max")))
+        if "function_max" in rh:  # nuts: function-space R-hat over the test inputs
+            row["note"] = "R-hat fn median {} max {}".format(*(_fmt(rh.get(k)) for k in ("function_median",
+                                                                                         "function_max")))
+        else:  # train.chains > 1: R-hat across chains of the scalar sample buffers (e.g. the noise variance)
+            row["note"] = f"{diag.get('chains')} chains; R-hat " + (", ".join(f"{k} {_fmt(v)}" for k, v in rh.items())
+                                                                    or "–")
     return row
 
 
