@@ -383,19 +383,22 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
 
 
 def train_seeds(method: Method, hparams, model: ModelSpec, data: Dataset, *, seeds: list[int], epochs: int,
-                batch_size: int, dtype: str = "float32", curve: bool = False) -> tuple[list[dict], dict]:
+                batch_size: int, dtype: str = "float32", curve: bool = False, curve_every: int = 1
+                ) -> tuple[list[dict], dict]:
     """Train one model per seed on one dataset *in one vmapped program* (:func:`train_group`).
 
     Each seed's run equals ``train(..., seed=s)`` up to float reassociation: same init key, same
     per-epoch keys. Returns the per-seed final test metrics (with ``curve=True`` also each seed's
     per-epoch test metrics under ``"curve"``, evaluated outside the timed epochs) and timings
-    (``per_epoch_s`` is for all seeds together, ``total_s`` the sum of the timed epochs). Raises
+    (``per_epoch_s`` is for all seeds together, ``total_s`` the sum of the timed epochs); the curve holds
+    every ``curve_every``-th epoch and the last, each entry with its ``"epoch"``. Raises
     :class:`NotVmappable` when a method's ``init`` or ``step`` is not vmappable; callers fall back
     to :func:`train` per seed.
     """
     g = train_group(method, hparams, model, data, seeds=seeds, epochs=epochs, batch_size=batch_size, dtype=dtype,
-                    eval_every=1 if curve else epochs, progress=False)
+                    eval_every=curve_every if curve else epochs, progress=False)
     results = [{"test": run.test, "sparsity": run.sparsity,
-                **({"curve": [h["test"] for h in run.history if "test" in h]} if curve else {})} for run in g.runs]
+                **({"curve": [{**h["test"], "epoch": h["epoch"]} for h in run.history if "test" in h]} if curve
+                   else {})} for run in g.runs]
     return results, {"per_epoch_s": g.time["per_epoch_s"], "compile_s": g.time["compile_s"],
                      "total_s": g.time["epochs_s"]}

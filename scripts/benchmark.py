@@ -6,6 +6,10 @@
 Every method runs on the same network per dataset (Boston 13-64-1, MNIST/Fashion 784-128-10) and
 seed set, with the method settings of the shipped configs for that dataset (`configs/*`), seeds
 vmapped in one program (`emtdamp.train.train_seeds`; sequential where a method does not vmap).
+MNIST / Fashion-MNIST share one budget (EPOCHS, BATCH); on Boston (OWN_BUDGET) each method runs with its
+config's own budget too (train.epochs, train.batch_size, train.chains: the calibrated SG-MCMC / EM-MCMC
+configs are 8,000-iteration full-batch chains whose burn-in alone exceeds the shared 100 epochs of batch 32);
+methods without a Boston config keep EPOCHS / BATCH. The *budget* column says which.
 Each (dataset, method) runs in its own process so that its peak memory (max RSS) is its own.
 Columns: test metric mean ± sd over seeds, NLL, ECE (classification), sparsity, epochs for the
 seed-mean curve to reach adam's final seed-mean metric, seconds per epoch (all seeds together,
@@ -32,8 +36,11 @@ EPOCHS = {"boston": 100, "mnist5k": 20, "fashion_mnist": 5}
 BATCH = {"boston": 32, "mnist5k": 100, "fashion_mnist": 100}
 HIDDEN = {"boston": (64,), "mnist5k": (128,), "fashion_mnist": (128,)}
 # where each method's settings for a dataset come from (first config whose runs name the method)
+OWN_BUDGET = {"boston"}  # datasets whose methods run with their config's epochs / batch size / chains
+CURVE_POINTS = 100  # a long own-budget run is evaluated on about this many epochs (the reach-adam curve)
 SOURCES = {
-    "boston": ["configs/emtdamp_boston.yaml", "configs/sghmc_sa_boston.yaml", "configs/boston.yaml"],
+    "boston": ["configs/emtdamp_boston.yaml", "configs/sghmc_sa_boston.yaml", "configs/em_mcmc_boston.yaml",
+               "configs/boston.yaml"],
     "mnist5k": ["configs/emtdamp_mnist5k.yaml", "configs/sghmc_sa_mnist5k.yaml", "configs/em_mcmc_mnist5k.yaml",
                 "configs/mnist5k.yaml"],
     "fashion_mnist": ["configs/emtdamp_fashion_mnist.yaml", "configs/sghmc_sa_fashion_mnist.yaml",
@@ -42,7 +49,8 @@ SOURCES = {
 
 
 def settings(dataset: str, method: str):
-    """(data options, method hparams) from the first shipped config that runs ``method`` on ``dataset``."""
+    """(data options, method hparams, train config or None) from the first shipped config that runs
+    ``method`` on ``dataset``."""
     from emtdamp import config as C
     from emtdamp.methods import get_method
 
@@ -51,35 +59,47 @@ def settings(dataset: str, method: str):
         base = C.from_dict({k: v for k, v in raw.items() if k != "sweep"}, "b")  # the config's own run first
         for cfg in [base, *(c for _, c in C.expand_sweep(raw, "b"))]:
             if cfg.method.name == method and cfg.data.name == dataset:
-                return dict(cfg.data.options), cfg.method.hparams
-    return {}, get_method(method).hparams_cls()
+                return dict(cfg.data.options), cfg.method.hparams, cfg.train
+    return {}, get_method(method).hparams_cls(), None
 
 
-def worker(dataset: str, method: str, seeds: list[int], epochs: int) -> dict:
+def budget(dataset: str, train_cfg, epochs: int, quick: bool) -> tuple[int, int, int]:
+    """(epochs, batch size, chains) a method runs with on ``dataset`` (see OWN_BUDGET)."""
+    if dataset in OWN_BUDGET and train_cfg is not None:
+        e = max(1, train_cfg.epochs // 5) if quick else train_cfg.epochs
+        return e, train_cfg.batch_size, train_cfg.chains
+    return epochs, BATCH[dataset], 1
+
+
+def worker(dataset: str, method: str, seeds: list[int], epochs: int, quick: bool = False) -> dict:
     from emtdamp.data import load
     from emtdamp.methods import ModelSpec, get_method
+    from emtdamp.methods.chains import with_chains
     from emtdamp.train import train, train_seeds
 
-    opts, hp = settings(dataset, method)
+    opts, hp, train_cfg = settings(dataset, method)
+    epochs, batch, chains = budget(dataset, train_cfg, epochs, quick)
+    every = max(1, epochs // CURVE_POINTS)
     data = load(dataset, **opts)
-    m = get_method(method)
+    m = with_chains(get_method(method), chains)
     model = ModelSpec(HIDDEN[dataset])
     try:
-        res, tm = train_seeds(m, hp, model, data, seeds=seeds, epochs=epochs, batch_size=BATCH[dataset], curve=True)
+        res, tm = train_seeds(m, hp, model, data, seeds=seeds, epochs=epochs, batch_size=batch, curve=True,
+                              curve_every=every)
         mode = "vmapped"
     except Exception as e:  # noqa: BLE001  (a method that does not vmap runs seed by seed)
         print(f"{method}: seeds not vmappable ({type(e).__name__}); running them one by one", file=sys.stderr)
         res, tms = [], []
         for s in seeds:
-            r = train(m, hp, model, data, epochs=epochs, batch_size=BATCH[dataset], seed=s, progress=False)
+            r = train(m, hp, model, data, epochs=epochs, batch_size=batch, seed=s, progress=False, eval_every=every)
             res.append({"test": r.test, "sparsity": r.sparsity,
-                        "curve": [h["test"] for h in r.history if "test" in h]})
+                        "curve": [{**h["test"], "epoch": h["epoch"]} for h in r.history if "test" in h]})
             tms.append(r.time)
         tm = {"per_epoch_s": float(sum(t["per_epoch_s"] for t in tms)), "compile_s": tms[0]["compile_s"]}
         mode = "sequential"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
     return {"dataset": dataset, "method": method, "mode": mode, "results": res, "time": tm, "peak_mib": peak,
-            "data_options": opts}
+            "data_options": opts, "budget": {"epochs": epochs, "batch_size": batch, "chains": chains}}
 
 
 def gflops_table(seconds: dict) -> list[str]:
@@ -127,11 +147,16 @@ def in_process_costs(methods: list[str]) -> dict:
 
     out = {}
     for m in methods:
-        opts, hp = settings("mnist5k", m)
+        opts, hp, _ = settings("mnist5k", m)
         r = train(get_method(m), hp, ModelSpec(HIDDEN["mnist5k"]), load("mnist5k", **opts), epochs=3,
                   batch_size=BATCH["mnist5k"], eval_every=3, progress=False)
         out[m] = r.time["per_epoch_s"]
     return out
+
+
+def epochs_of(dataset: str, quick: bool) -> int:
+    """The shared epoch budget of ``dataset`` (a fifth with ``--quick``)."""
+    return max(1, EPOCHS[dataset] // 5) if quick else EPOCHS[dataset]
 
 
 def fmt(vals, digits=4):
@@ -150,15 +175,16 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.seeds, args.epochs)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.seeds, args.epochs, args.quick)))
         return 0
     out = {}
     for ds in args.datasets:
-        epochs = max(1, EPOCHS[ds] // 5) if args.quick else EPOCHS[ds]
+        epochs = epochs_of(ds, args.quick)
         for m in args.methods:
-            print(f"[{ds}] {m}: {len(args.seeds)} seeds x {epochs} epochs", file=sys.stderr, flush=True)
+            own = " (or its config's own budget)" if ds in OWN_BUDGET else ""
+            print(f"[{ds}] {m}: {len(args.seeds)} seeds x {epochs} epochs{own}", file=sys.stderr, flush=True)
             cmd = [sys.executable, __file__, "--worker", ds, m, "--epochs", str(epochs),
-                   "--seeds", *map(str, args.seeds)]
+                   "--seeds", *map(str, args.seeds), *(["--quick"] if args.quick else [])]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 print(r.stderr[-2000:], file=sys.stderr)
@@ -183,21 +209,25 @@ def main(argv=None) -> int:
         better = (lambda a, b: a <= b) if key == "rmse" else (lambda a, b: a >= b)
         mean_curve = lambda r, key=key: np.mean([[t[key] for t in s["curve"]] for s in r["results"]], axis=0)
         base = mean_curve(out[(ds, "adam")])[-1] if (ds, "adam") in out else None
-        lines += [f"## {ds} ({'-'.join(map(str, ('in', *HIDDEN[ds], 'out')))}, batch {BATCH[ds]}, "
-                  f"{len(rows[0][1]['results'][0]['curve'])} epochs)", "",
+        shared = (f"batch {BATCH[ds]}, {epochs_of(ds, args.quick)} epochs"
+                  + ("; methods with a Boston config: its own budget" if ds in OWN_BUDGET else ""))
+        lines += [f"## {ds} ({'-'.join(map(str, ('in', *HIDDEN[ds], 'out')))}, {shared})", "",
                   f"| method | test {key} | NLL | ECE | weights zero | neurons pruned | reach adam | s/epoch | "
-                  "compile s | peak MiB | seeds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "compile s | peak MiB | budget (batch / epochs / chains) | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for m, r in rows:
             res = r["results"]
             curve = mean_curve(r)
-            reach = next((i + 1 for i, v in enumerate(curve) if base is not None and better(v, base)), "never")
+            epochs_at = [t["epoch"] for t in res[0]["curve"]]
+            reach = next((epochs_at[i] for i, v in enumerate(curve) if base is not None and better(v, base)), "never")
+            b = r.get("budget") or {"batch_size": BATCH[ds], "epochs": len(curve), "chains": 1}
             ece = fmt([x["test"]["ece"] for x in res]) if "ece" in res[0]["test"] else "–"
             s_ep = r["time"]["per_epoch_s"]
             lines.append(f"| {m} | {fmt([x['test'][key] for x in res])} | {fmt([x['test']['nll'] for x in res], 3)} | "
                          f"{ece} | {np.mean([x['sparsity']['weights_zero_frac'] for x in res]):.3f} | "
                          f"{np.mean([x['sparsity']['neurons_pruned_frac'] for x in res]):.3f} | {reach} | "
                          f"{s_ep:.4f} ({s_ep / len(res):.4f}) | {r['time']['compile_s']:.1f} | {r['peak_mib']:.0f} | "
-                         f"{r['mode']} |")
+                         f"{b['batch_size']} / {b['epochs']} / {b['chains']} | {r['mode']} |")
         lines.append("")
     if "mnist5k" in args.datasets:
         per_epoch_mnist = in_process_costs(args.methods)
