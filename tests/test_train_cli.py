@@ -208,3 +208,16 @@ def test_vmapped_seeds_equal_separate_runs():
         one = train(m, hp, ModelSpec((8,)), data, epochs=3, batch_size=64, seed=seed, progress=False)
         assert r["test"]["rmse"] == pytest.approx(one.test["rmse"], rel=1e-4)
     assert res[0]["test"]["rmse"] != res[1]["test"]["rmse"]
+
+
+def test_vmapped_seed_curves_hold_every_kth_epoch_and_the_last():
+    """train_seeds(curve_every=2) over 5 epochs evaluates epochs 2, 4 and 5; the last entry is the final test."""
+    from emtdamp.train import train_seeds
+
+    data = load("boston")
+    m = get_method("adam")
+    res, _ = train_seeds(m, m.hparams_cls(), ModelSpec((4,)), data, seeds=[0, 1], epochs=5, batch_size=128,
+                         curve=True, curve_every=2)
+    for r in res:
+        assert [c["epoch"] for c in r["curve"]] == [2, 4, 5]
+        assert r["curve"][-1]["rmse"] == r["test"]["rmse"]
