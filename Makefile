@@ -11,8 +11,12 @@ install:
 demo: install
 	$(PYTHON) scripts/demo.py
 
+# The default tier runs in TEST_WORKERS processes (pytest-xdist): most tests are bound by XLA compile time,
+# which is single-threaded, so two workers use both cores of the CI machine. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 test-slow: install
 	$(PYTHON) -m pytest -q -m slow
