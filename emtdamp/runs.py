@@ -55,18 +55,30 @@ def _storable(x):
     return np.asarray(x)
 
 
-def save_checkpoint(path: Path, state) -> None:
-    """Save the leaves of ``state`` (any pytree) to ``path`` (.npz), atomically."""
+def save_checkpoint(path: Path, state, epoch: int | None = None) -> None:
+    """Save the leaves of ``state`` (any pytree) to ``path`` (.npz), atomically.
+
+    ``epoch`` (the epochs the state has completed) is stored in the same file, so a resumed run never pairs
+    a state with another epoch's count (a crash between two files' writes could do that).
+    """
     leaves = jax.tree_util.tree_leaves(state)
     arrays = {f"leaf_{i:05d}": _storable(x) for i, x in enumerate(leaves)}
+    if epoch is not None:
+        arrays["epoch"] = np.asarray(epoch, np.int64)
     _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch count stored in a checkpoint by :func:`save_checkpoint`, or None (none stored)."""
+    with np.load(path) as f:
+        return int(f["epoch"]) if "epoch" in f.files else None
 
 
 def load_checkpoint(path: Path, like):
     """Restore a state saved by :func:`save_checkpoint` into the structure of ``like``."""
     leaves, treedef = jax.tree_util.tree_flatten(like)
     with np.load(path) as f:
-        stored = [f[k] for k in sorted(f.files)]
+        stored = [f[k] for k in sorted(f.files) if k.startswith("leaf_")]
     if len(stored) != len(leaves):
         raise ValueError(f"checkpoint {path} has {len(stored)} arrays but the method's state has {len(leaves)}; "
                          "was it written by a different method or network?")
@@ -129,7 +141,11 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
     metrics_path = run_dir / "metrics.jsonl"
     ckpt, prog = run_dir / "checkpoint.npz", run_dir / "progress.json"
-    done = json.loads(prog.read_text())["epoch"] if resume and prog.exists() and ckpt.exists() else 0
+    done = 0
+    if resume and ckpt.exists():  # the epoch stored with the state; progress.json for older checkpoints
+        done = checkpoint_epoch(ckpt)
+        if done is None:
+            done = json.loads(prog.read_text())["epoch"] if prog.exists() else 0
     if done:
         kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= done]
         metrics_path.write_text("".join(k + "\n" for k in kept))
@@ -138,7 +154,7 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
 
     def on_checkpoint(state, epoch):
         if cfg.output.checkpoint and (epoch % cfg.output.checkpoint_every == 0 or epoch == cfg.train.epochs):
-            save_checkpoint(ckpt, state)
+            save_checkpoint(ckpt, state, epoch)
             _atomic_write(prog, lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
 
     def restore(fresh):
@@ -176,7 +192,9 @@ def _divergence_note(cfg: cfgmod.Config, run_dirs: list[Path]):
     except DivergenceError as e:
         progs = [d / "progress.json" for d in run_dirs]
         if cfg.output.checkpoint and all(p.exists() for p in progs):
-            ep = json.loads(progs[0].read_text())["epoch"]
+            ckpt = run_dirs[0] / "checkpoint.npz"
+            stored = checkpoint_epoch(ckpt) if ckpt.exists() else None
+            ep = stored if stored is not None else json.loads(progs[0].read_text())["epoch"]
             where = (f"the checkpoint of epoch {ep}, the last good one, is kept in "
                      f"{run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent}")
         else:
@@ -270,7 +288,7 @@ def _run_group_vmapped(cfgs, run_dirs: list[Path], progress):
     def on_checkpoint(states, epoch):
         if c0.output.checkpoint and (epoch % c0.output.checkpoint_every == 0 or epoch == c0.train.epochs):
             for i, d in enumerate(dirs):
-                save_checkpoint(d / "checkpoint.npz", jax.tree_util.tree_map(lambda a, i=i: a[i], states))
+                save_checkpoint(d / "checkpoint.npz", jax.tree_util.tree_map(lambda a, i=i: a[i], states), epoch)
                 _atomic_write(d / "progress.json", lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
 
     with _divergence_note(c0, dirs):
@@ -305,7 +323,7 @@ def _finish(cfg, run_dir: Path, summary: dict, state, history: list, data, metho
                   "run longer (warmup/draws) or more chains", file=sys.stderr)
     _atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if cfg.output.checkpoint:
-        save_checkpoint(run_dir / "checkpoint.npz", state)
+        save_checkpoint(run_dir / "checkpoint.npz", state, history[-1].get("epoch") if history else None)
     if cfg.output.plots:
         plot_curves(history, data.spec.task, run_dir / "curves.png")
         if data.spec.task == "classification":

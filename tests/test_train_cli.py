@@ -221,3 +221,27 @@ def test_vmapped_seed_curves_hold_every_kth_epoch_and_the_last():
     for r in res:
         assert [c["epoch"] for c in r["curve"]] == [2, 4, 5]
         assert r["curve"][-1]["rmse"] == r["test"]["rmse"]
+
+
+def test_resume_trusts_the_epoch_stored_with_the_state(tmp_path):
+    """A crash between writing checkpoint.npz (epoch 4) and progress.json (still 3) must not replay epoch 4 on
+    the epoch-4 state: the resumed run reads the epoch from the checkpoint and ends as the uninterrupted run."""
+    import shutil
+
+    base = ("data: {name: boston}\nmodel: {hidden: [8]}\nmethod: {name: adam, learning_rate: 0.01}\n"
+            "train: {epochs: %d, batch_size: 64, progress: false}\noutput: {plots: false, checkpoint_every: 1}\n")
+    (tmp_path / "six.yaml").write_text(base % 6)
+    (tmp_path / "four.yaml").write_text(base % 4)
+    full, four = tmp_path / "full", tmp_path / "four"
+    assert cli.main(["train", str(tmp_path / "six.yaml"), f"output.dir={full}"]) == 0
+    assert cli.main(["train", str(tmp_path / "four.yaml"), f"output.dir={four}"]) == 0
+    crashed = tmp_path / "crashed"
+    shutil.copytree(full, crashed)
+    shutil.copy(four / "checkpoint.npz", crashed / "checkpoint.npz")      # the state after epoch 4 ...
+    (crashed / "progress.json").write_text(json.dumps({"epoch": 3}))     # ... progress.json not yet updated
+    (crashed / "summary.json").unlink()
+    assert cli.main(["train", str(crashed), "--resume"]) == 0
+    a = json.loads((full / "summary.json").read_text())
+    b = json.loads((crashed / "summary.json").read_text())
+    assert a["test"] == b["test"]
+    assert [json.loads(ln)["epoch"] for ln in (crashed / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
