@@ -126,3 +126,22 @@ def test_run_folder_with_chains_predicts_what_it_reports(tmp_path, capsys):
     data = load("boston")
     rmse = float(np.sqrt(np.mean((p["mean"] - data.y_test * data.y_std - data.y_mean) ** 2)))
     np.testing.assert_allclose(rmse, summary["test"]["rmse"], rtol=1e-4)
+
+
+def test_vmapped_sweep_group_of_chained_runs_equals_separate_runs(tmp_path):
+    """Two splits x 2 chains as one vmapped group (vmap over runs of vmap over chains) give the same test
+    metrics as the two runs trained one by one."""
+    from emtdamp.runs import run_group
+
+    def cfg(seed):
+        return C.from_dict({"data": {"name": "boston", "seed": seed}, "model": {"hidden": [8]},
+                            "method": {"name": "sghmc", "burn_in": 8, "thin": 2, "n_samples": 5},
+                            "train": {"epochs": 3, "batch_size": 128, "progress": False, "chains": 2},
+                            "output": {"plots": False, "checkpoint": False}}, f"s{seed}")
+
+    group = run_group([cfg(0), cfg(1)], [tmp_path / "g0", tmp_path / "g1"])
+    assert all(s.get("vmapped_group") == 2 for _, s, _ in group)
+    for seed, (_, s, _) in zip([0, 1], group, strict=True):
+        _, alone, _ = run_config(cfg(seed), tmp_path / f"a{seed}")
+        assert s["diagnostics"]["chains"] == 2
+        np.testing.assert_allclose(s["test"]["rmse"], alone["test"]["rmse"], rtol=1e-4)
