@@ -29,12 +29,16 @@ with ``nll_i = Σ_out (y_i − ψ(x_i))² / (2 s²)`` (regression, standardised 
 cross-entropy; ``X`` = kernels of ``ssgl_layers``, ``C`` = the other kernels and all biases.
 
 Observation noise ``s²`` (regression, hparam ``noise``; docs/sgmcmc_sa.md "Observation noise"):
-``sample`` (default) keeps ``s²`` as its own state array and, after every move, draws it from its
-(tempered) conditional ``InvGamma((ν + N d_out)/2, (νλ + RSS_N)/2)`` with ``RSS_N`` the minibatch residual
-sum at ``β^{k+1}`` rescaled by ``N/n`` -- a stochastic-gradient Gibbs step, exact for full batches, and the
-same for every ω schedule; the SSGL σ² then only scales the prior and its SA update uses the weights
-alone. ``sa`` ties ``s² = σ²`` (the paper: σ² is SA-updated from the residuals and the weights, so only
-SA/EM methods); ``fixed`` uses ``likelihood_var`` (σ² still tracks the residuals, as the UCI code).
+``sample`` (default) keeps ``s²`` as its own state array and, after every move, updates it from its
+(tempered) conditional given ``RSS_N``, the minibatch residual sum at ``β^{k+1}`` rescaled by ``N/n`` -- a
+stochastic-gradient Gibbs step, exact for full batches, and the same for every ω schedule. The prior
+(``noise_prior``) is ``HalfNormal(noise_sd_scale)`` on the noise sd by default, as the nuts reference (an
+independence Metropolis step proposing from the flat-prior conditional ``InvGamma((N d_out − 1)/2,
+RSS_N/2)``), or ``invgamma``: the SSGL ``InvGamma(ν/2, νλ/2)`` on ``s²``, whose conditional
+``InvGamma((ν + N d_out)/2, (νλ + RSS_N)/2)`` is drawn exactly. The SSGL σ² then only scales the
+prior and its SA update uses the weights alone. ``sa`` ties ``s² = σ²`` (the paper: σ² is SA-updated
+from the residuals and the weights, so only SA/EM methods); ``fixed`` uses ``likelihood_var`` (σ² still
+tracks the residuals, as the UCI code).
 The step size ``learning_rate = 0`` (default) is ``AUTO_LR_N / N``: the energy is sum-scale.
 
 Layer indices (``ssgl_layers``, ``prune_layers``) index ONE ordered list of the network's weight
@@ -72,7 +76,7 @@ from emtdamp import mlp
 from emtdamp import sgmcmc as sg
 from emtdamp.cnn import build_network
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
-from emtdamp.sgmcmc.kernels import sample_noise_variance
+from emtdamp.sgmcmc.kernels import sample_noise_variance, update_noise_variance_halfnormal
 
 AUTO_LR_N = 1e-3
 """``learning_rate = 0`` (the default) means ``ε_0 = AUTO_LR_N / N``: the energy is on the sum scale, so a
@@ -101,6 +105,13 @@ class SGMCMCHParams:
                             "every iteration (separate from the SSGL σ², which then only scales the prior); "
                             "'sa' = s² is the SSGL σ² (paper; SA-updated, so SA/EM methods only); "
                             "'fixed' = likelihood_var")
+    noise_prior: str = hparam("halfnormal", choices=("halfnormal", "invgamma"),
+                              doc="noise='sample': prior of the noise — 'halfnormal' = HalfNormal(noise_sd_scale) "
+                                  "on the noise sd (as nuts; Metropolis-within-Gibbs), 'invgamma' = the SSGL "
+                                  "InvGamma(ν/2, νλ/2) on s² (conjugate Gibbs; adds νλ/2 to RSS/2)")
+    noise_sd_scale: float = hparam(1.0, range=(1e-12, 1e12),
+                                   doc="noise_prior='halfnormal': HalfNormal scale of the noise sd "
+                                       "(standardised units)")
     noise_init: float = hparam(1.0, range=(1e-12, 1e12),
                                doc="initial noise variance (standardised units) for noise='sample'")
     likelihood_var: float = hparam(0.0, range=(0.0, 1e12),
@@ -152,7 +163,8 @@ class SGMCMCState:
     prune: sg.PruneSchedule
     prune_scale: jax.Array          # per pruned layer: S_eff / S (inflation)
     noise_var: jax.Array            # () regression noise variance s² of the likelihood (see ``noise``)
-    noise_prior: jax.Array          # (2,) (ν, λ) of the InvGamma(ν/2, νλ/2) prior on s² (noise='sample')
+    noise_prior: jax.Array          # (2,) (ν, λ) of the InvGamma(ν/2, νλ/2) prior on s² (noise_prior='invgamma')
+    noise_sd_scale: jax.Array       # () HalfNormal scale of the noise sd (noise_prior='halfnormal')
     rho_prune: jax.Array            # (threshold, step)
     momentum_decay: jax.Array
     weight_decay: jax.Array
@@ -246,7 +258,8 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                    dense=[not str(nm).startswith("Conv") for nm in names], sampler=sampler, sparse=sparse,
                    prune_layers=prune_layers if pruning else (), magnitude=hp.prune_target > 0,
                    rho_prune=hp.rho_prune_step > 0, prune_every=hp.prune_every, n_train=data.n_train,
-                   n_out=data.n_outputs, n_samples=hp.n_samples, noise=hp.noise)
+                   n_out=data.n_outputs, n_samples=hp.n_samples, noise=hp.noise,
+                   noise_prior=hp.noise_prior)
         if jnp.issubdtype(kr.dtype, jax.dtypes.prng_key):   # keep raw uint32 key data (checkpointable)
             kr = jax.random.key_data(kr)
         xs = kernels_of(params, sparse)
@@ -274,6 +287,7 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                                     cap=hp.omega_cap, dtype=dt),
             prune=sg.prune_schedule(hp.prune_target, hp.prune_damping, hp.prune_gap, dt),
             prune_scale=f(scale), noise_var=s2_0, noise_prior=jnp.asarray([hp.nu, hp.lam], dt),
+            noise_sd_scale=f(hp.noise_sd_scale),
             rho_prune=jnp.asarray([hp.rho_prune_threshold, hp.rho_prune_step], dt),
             momentum_decay=f(hp.momentum), weight_decay=f(hp.weight_decay), inv_temp=f(hp.inv_temp),
             anneal_rate=f(anneal), count=jnp.asarray(0, jnp.int32), rng=kr,
@@ -342,7 +356,10 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
             else:                                         # σ² only scales the prior: weights-only update
                 lat = sg.sa_update(lat, xs, omega, state.hyper)
         noise_var = state.noise_var
-        if regression and cfg["noise"] == "sample":   # Gibbs step s² | β ~ InvGamma (stochastic-gradient)
+        if regression and cfg["noise"] == "sample" and cfg["noise_prior"] == "halfnormal":   # MH-within-Gibbs
+            noise_var = update_noise_variance_halfnormal(jax.random.fold_in(rng, 1), noise_var, rss, n_obs,
+                                                         state.noise_sd_scale, state.inv_temp).astype(noise_var.dtype)
+        elif regression and cfg["noise"] == "sample":   # Gibbs step s² | β ~ InvGamma (stochastic-gradient)
             noise_var = sample_noise_variance(jax.random.fold_in(rng, 1), rss, n_obs, state.noise_prior[0],
                                               state.noise_prior[1], state.inv_temp).astype(noise_var.dtype)
         elif regression and cfg["noise"] == "sa":

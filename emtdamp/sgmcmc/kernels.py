@@ -182,6 +182,50 @@ def sample_noise_variance(key: jax.Array, rss: jax.Array, n_obs: float | jax.Arr
     return (scale / g).astype(rss.dtype)
 
 
+def halfnormal_noise_proposal(rss: jax.Array, n_obs: float | jax.Array, inv_temp: jax.Array | float = 1.0
+                              ) -> tuple[jax.Array, jax.Array]:
+    """``(shape, scale)`` of the InvGamma that :func:`update_noise_variance_halfnormal` proposes from.
+
+    It is the (tempered) conditional of ``s²`` under the likelihood times ``(s²)^{-1/2}`` (a flat prior on the
+    noise sd ``s``): ``p^τ ∝ (s²)^{-τ(n_obs + 1)/2} exp(−τ rss / (2 s²))``, i.e. ``InvGamma(τ(n_obs + 1)/2 − 1,
+    τ rss / 2)`` (``((n_obs − 1)/2, rss/2)`` at ``τ = 1``). ``shape`` is clipped below at ``1e-3``, ``scale`` at
+    ``1e-30`` (a zero residual would otherwise propose ``s² = 0``).
+    """
+    shape = inv_temp * 0.5 * (n_obs + 1.0) - 1.0
+    scale = inv_temp * 0.5 * rss
+    return jnp.maximum(shape, 1e-3), jnp.maximum(scale, 1e-30)
+
+
+def update_noise_variance_halfnormal(key: jax.Array, current: jax.Array, rss: jax.Array, n_obs: float | jax.Array,
+                                     sd_scale: jax.Array, inv_temp: jax.Array | float = 1.0) -> jax.Array:
+    """One Metropolis-within-Gibbs update of ``s²`` under a ``HalfNormal(sd_scale)`` prior on the noise sd ``s``.
+
+    The prior NUTS (and NumPyro's BNN examples) put on the noise sd. It is not conjugate, so the update is an
+    independence Metropolis step: propose ``s²'`` from :func:`halfnormal_noise_proposal` (the likelihood part of
+    the target, exactly), accept with the prior ratio ``min(1, exp(−τ (s²' − s²) / (2 sd_scale²)))``. The chain
+    leaves ``p(s² | rest)^τ ∝ [N(y | ψ, s²) · HalfNormal(s; sd_scale) / (2 s)]^τ`` invariant; in standardised units
+    (``sd_scale = 1``, ``s² ≪ 1``) nearly every proposal is accepted. Unlike ``InvGamma(ν/2, νλ/2)`` it adds no
+    pseudo-residual: with ν = λ = 1 that prior adds ``1/2`` to ``rss / 2``, which on 120 rows of noise sd 0.06
+    (standardised) doubles the noise sd the chain samples.
+
+    Parameters
+    ----------
+    key: PRNG key; current: ``()`` the chain's ``s²``; rss, n_obs: as :func:`sample_noise_variance`;
+    sd_scale: ``()`` HalfNormal scale of ``s`` (standardised units); inv_temp: ``τ``.
+
+    Returns
+    -------
+    ``()`` the new ``s²`` (dtype of ``rss``).
+    """
+    rss = jnp.asarray(rss)
+    k_prop, k_acc = jax.random.split(key)
+    shape, scale = halfnormal_noise_proposal(rss, n_obs, inv_temp)
+    prop = scale / jax.random.gamma(k_prop, shape.astype(rss.dtype), dtype=rss.dtype)
+    log_ratio = -inv_temp * (prop - current) / (2.0 * sd_scale * sd_scale)
+    accept = jnp.log(jax.random.uniform(k_acc, dtype=rss.dtype)) < log_ratio
+    return jnp.where(accept, prop, current).astype(rss.dtype)
+
+
 # --------------------------------------------------------------------------------------------------
 # top-level samplers: pure init / step over a pytree state
 # --------------------------------------------------------------------------------------------------
