@@ -74,6 +74,18 @@ def checkpoint_epoch(path: Path) -> int | None:
         return int(f["epoch"]) if "epoch" in f.files else None
 
 
+def checkpointed_epoch(run_dir: Path) -> int:
+    """Epochs completed by the state in ``run_dir/checkpoint.npz``: the count stored with it, else (older
+    checkpoints) ``progress.json``'s; 0 without a checkpoint."""
+    ckpt, prog = run_dir / "checkpoint.npz", run_dir / "progress.json"
+    if not ckpt.exists():
+        return 0
+    stored = checkpoint_epoch(ckpt)
+    if stored is not None:
+        return stored
+    return json.loads(prog.read_text())["epoch"] if prog.exists() else 0
+
+
 def load_checkpoint(path: Path, like):
     """Restore a state saved by :func:`save_checkpoint` into the structure of ``like``."""
     leaves, treedef = jax.tree_util.tree_flatten(like)
@@ -141,11 +153,7 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
     metrics_path = run_dir / "metrics.jsonl"
     ckpt, prog = run_dir / "checkpoint.npz", run_dir / "progress.json"
-    done = 0
-    if resume and ckpt.exists():  # the epoch stored with the state; progress.json for older checkpoints
-        done = checkpoint_epoch(ckpt)
-        if done is None:
-            done = json.loads(prog.read_text())["epoch"] if prog.exists() else 0
+    done = checkpointed_epoch(run_dir) if resume else 0
     if done:
         kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= done]
         metrics_path.write_text("".join(k + "\n" for k in kept))
@@ -192,9 +200,7 @@ def _divergence_note(cfg: cfgmod.Config, run_dirs: list[Path]):
     except DivergenceError as e:
         progs = [d / "progress.json" for d in run_dirs]
         if cfg.output.checkpoint and all(p.exists() for p in progs):
-            ckpt = run_dirs[0] / "checkpoint.npz"
-            stored = checkpoint_epoch(ckpt) if ckpt.exists() else None
-            ep = stored if stored is not None else json.loads(progs[0].read_text())["epoch"]
+            ep = checkpointed_epoch(run_dirs[0])
             where = (f"the checkpoint of epoch {ep}, the last good one, is kept in "
                      f"{run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent}")
         else:
