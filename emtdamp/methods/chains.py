@@ -34,7 +34,7 @@ import numpy as np
 
 from emtdamp.methods.base import Method, Predictive, PyTree
 from emtdamp.nuts.diagnostics import summarise
-from emtdamp.sgmcmc.samples import SampleBuffer, buffer_size
+from emtdamp.sgmcmc.samples import SampleBuffer, ring_samples
 
 OWN_CHAINS = ("nuts",)  # methods that run several chains themselves
 
@@ -68,13 +68,14 @@ def n_chains_of(states: PyTree) -> int:
     return int(jax.tree_util.tree_leaves(states)[0].shape[0])
 
 
-def _time_ordered(samples: np.ndarray, n_collected: int) -> np.ndarray:
-    """Ring-buffer slots ``(size, ...)`` (scratch slot dropped) in collection order, oldest first."""
-    size = samples.shape[0]
+def _time_ordered(slots: np.ndarray, n_collected: int) -> np.ndarray:
+    """Ring slots ``(size, ...)`` (:func:`~emtdamp.sgmcmc.samples.ring_samples`) in collection order, oldest
+    first; only the filled ones."""
+    size = slots.shape[0]
     if n_collected <= size:
-        return samples[:n_collected]
+        return slots[:n_collected]
     start = n_collected % size
-    return np.concatenate([samples[start:], samples[:start]], axis=0)
+    return np.concatenate([slots[start:], slots[:start]], axis=0)
 
 
 def scalar_sample_draws(states: PyTree) -> dict[str, np.ndarray]:
@@ -84,19 +85,20 @@ def scalar_sample_draws(states: PyTree) -> dict[str, np.ndarray]:
     chain holds (the shortest chain's count).
     """
     out = {}
+    k_chains = n_chains_of(states)
     leaves = jax.tree_util.tree_leaves_with_path(states, is_leaf=lambda x: isinstance(x, SampleBuffer))
     for path, buf in leaves:
         if not isinstance(buf, SampleBuffer):
             continue
-        sample_leaves = jax.tree_util.tree_leaves_with_path(buf.samples)
-        counts = np.asarray(buf.n_collected).reshape(-1)
-        size = buffer_size(chain_slice(buf, 0))
-        n = int(min(counts.min(), size))
-        for spath, s in sample_leaves:
-            s = np.asarray(s)
-            if s.ndim != 2 or n < 1:  # (K, size + 1): one scalar per sample
+        per_chain = [chain_slice(buf, k) for k in range(k_chains)]
+        ordered = [jax.tree_util.tree_map(lambda s, n=int(b.n_collected): _time_ordered(np.asarray(s), n),
+                                          ring_samples(b)) for b in per_chain]
+        leaves_k = [jax.tree_util.tree_leaves_with_path(o) for o in ordered]   # per chain: [(path, (S_k, ...))]
+        n = min(len(lv[0][1]) for lv in leaves_k)
+        for j, (spath, first) in enumerate(leaves_k[0]):
+            if first.ndim != 1 or n < 1:  # (samples,): one scalar per sample
                 continue
-            draws = np.stack([_time_ordered(s[k, :size], int(counts[k]))[-n:] for k in range(s.shape[0])])
+            draws = np.stack([lv[j][1][-n:] for lv in leaves_k])
             out[(jax.tree_util.keystr(path) + jax.tree_util.keystr(spath)).lstrip(".")] = draws
     return out
 
@@ -151,11 +153,12 @@ def with_chains(method: Method, n_chains: int) -> Method:
         if method.diagnostics is not None:
             out["per_chain"] = [method.diagnostics(chain_slice(states, k)) for k in range(n_chains_of(states))]
         rhat, ess = {}, {}
-        for name, draws in scalar_sample_draws(states).items():
+        scalars = scalar_sample_draws(states)
+        for name, draws in scalars.items():
             s = summarise(draws[:, :, None])
             if s["rhat_max"] is not None:
                 rhat[name], ess[name] = s["rhat_max"], s["ess_bulk_min"]
-        out["samples_per_chain"] = int(min((d.shape[1] for d in scalar_sample_draws(states).values()), default=0))
+        out["samples_per_chain"] = int(min((d.shape[1] for d in scalars.values()), default=0))
         out["rhat"], out["ess_bulk"] = rhat, ess
         return out
 
