@@ -356,12 +356,15 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
             else:                                         # σ² only scales the prior: weights-only update
                 lat = sg.sa_update(lat, xs, omega, state.hyper)
         noise_var = state.noise_var
-        if regression and cfg["noise"] == "sample" and cfg["noise_prior"] == "halfnormal":   # MH-within-Gibbs
-            noise_var = update_noise_variance_halfnormal(jax.random.fold_in(rng, 1), noise_var, rss, n_obs,
-                                                         state.noise_sd_scale, state.inv_temp).astype(noise_var.dtype)
-        elif regression and cfg["noise"] == "sample":   # Gibbs step s² | β ~ InvGamma (stochastic-gradient)
-            noise_var = sample_noise_variance(jax.random.fold_in(rng, 1), rss, n_obs, state.noise_prior[0],
-                                              state.noise_prior[1], state.inv_temp).astype(noise_var.dtype)
+        if regression and cfg["noise"] == "sample":   # Gibbs step s² | β (stochastic-gradient)
+            k_s2 = jax.random.fold_in(rng, 1)
+            if cfg["noise_prior"] == "halfnormal":      # independence Metropolis-within-Gibbs
+                noise_var = update_noise_variance_halfnormal(k_s2, noise_var, rss, n_obs, state.noise_sd_scale,
+                                                             state.inv_temp)
+            else:                                       # conjugate InvGamma draw
+                noise_var = sample_noise_variance(k_s2, rss, n_obs, state.noise_prior[0], state.noise_prior[1],
+                                                  state.inv_temp)
+            noise_var = noise_var.astype(state.noise_var.dtype)
         elif regression and cfg["noise"] == "sa":
             noise_var = lat.sigma2.astype(noise_var.dtype)
         count = state.count + 1
