@@ -84,14 +84,15 @@ def _tiny_regression(n: int = 64, p: int = 3, seed: int = 0):
     return x, y
 
 
-def test_method_chain_samples_noise_from_conditional():
+def _frozen_weight_noise_chain(steps: int, **hp_kwargs):
+    """A full-batch ``sghmc`` chain whose weights cannot move (ε = 1e-14: injected noise sd ≈ 1.4e-8), so it only
+    samples s² given fixed residuals. Returns the ``(steps,)`` s² draws, the residual sum at the start and at
+    the end, and the number of rows."""
     x, y = _tiny_regression()
     n = len(x)
     spec = DataSpec("regression", x.shape[1], 1, n)
     m = get_method("sghmc")
-    # weights frozen in practice: ε = 1e-14 (injected noise sd ≈ 1.4e-8); full batch, so RSS_N is exact
-    hp = SGMCMCHParams(learning_rate=1e-14, momentum=0.0, noise_prior="invgamma", nu=2.0, lam=0.5, burn_in=0,
-                       n_samples=1)
+    hp = SGMCMCHParams(learning_rate=1e-14, momentum=0.0, burn_in=0, n_samples=1, **hp_kwargs)
     st0 = m.init(jax.random.key(1), ModelSpec(hidden=(8,)), spec, hp)
     batch = Batch(x=jnp.asarray(x), y=jnp.asarray(y), w=jnp.ones(n))
 
@@ -99,10 +100,13 @@ def test_method_chain_samples_noise_from_conditional():
         st, met = m.step(st, batch)
         return st, met["noise_var"]
 
-    st, draws = jax.jit(lambda s: jax.lax.scan(body, s, None, length=20_000))(st0)
-    draws = np.asarray(draws, np.float64)
-    out = np.asarray(mlp.apply(st0.params, jnp.asarray(x), "relu"))
-    rss = float(np.sum((out - y) ** 2))
+    st, draws = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps))(st0)
+    rss = lambda params: float(np.sum((np.asarray(mlp.apply(params, jnp.asarray(x), "relu")) - y) ** 2))
+    return np.asarray(draws, np.float64), rss(st0.params), rss(st.params), n
+
+
+def test_method_chain_samples_noise_from_conditional():
+    draws, rss, rss_end, n = _frozen_weight_noise_chain(20_000, noise_prior="invgamma", nu=2.0, lam=0.5)
     ref = stats.invgamma((2.0 + n) / 2, scale=(2.0 * 0.5 + rss) / 2)
     # iid draws given fixed residuals (fresh key per step): CLT on the mean and on the variance
     # (delta-method sd of the sample variance from the exact 4th moment), false-failure rate 1e-6 overall
@@ -111,8 +115,7 @@ def test_method_chain_samples_noise_from_conditional():
     mu4 = ref.expect(lambda s: (s - ref.mean()) ** 4)
     assert abs(draws.var() - ref.var()) < z * np.sqrt((mu4 - ref.var() ** 2) / len(draws))
     # the residuals really stayed fixed (weights move by a random walk of sd ≈ 1.4e-7·√20000 ≈ 2e-5)
-    out_end = np.asarray(mlp.apply(st.params, jnp.asarray(x), "relu"))
-    assert abs(float(np.sum((out_end - y) ** 2)) - rss) < 1e-3 * rss
+    assert abs(rss_end - rss) < 1e-3 * rss
 
 
 def _halfnormal_target(n_obs: float, rss: float, c: float, tau: float):
@@ -168,23 +171,9 @@ def test_halfnormal_noise_update_leaves_the_exact_target_invariant(n_obs, rss, c
 def test_method_chain_samples_noise_under_the_halfnormal_prior():
     """The default noise prior in the registered method, weights frozen: the draws' mean is the exact one
     (quadrature), within z x the batch-means standard error (100 batches of 200; false-failure rate 1e-6)."""
-    x, y = _tiny_regression()
-    n = len(x)
-    spec = DataSpec("regression", x.shape[1], 1, n)
-    m = get_method("sghmc")
-    hp = SGMCMCHParams(learning_rate=1e-14, momentum=0.0, noise_sd_scale=0.2, burn_in=0, n_samples=1)
-    assert hp.noise_prior == "halfnormal"
-    st0 = m.init(jax.random.key(1), ModelSpec(hidden=(8,)), spec, hp)
-    batch = Batch(x=jnp.asarray(x), y=jnp.asarray(y), w=jnp.ones(n))
-
-    def body(st, _):
-        st, met = m.step(st, batch)
-        return st, met["noise_var"]
-
-    _, draws = jax.jit(lambda s: jax.lax.scan(body, s, None, length=20_200))(st0)
-    draws = np.asarray(draws, np.float64)[200:]
-    out = np.asarray(mlp.apply(st0.params, jnp.asarray(x), "relu"))
-    rss = float(np.sum((out - y) ** 2))
+    assert SGMCMCHParams().noise_prior == "halfnormal"
+    draws, rss, _, n = _frozen_weight_noise_chain(20_200, noise_sd_scale=0.2)
+    draws = draws[200:]
     _, m1, _ = _halfnormal_target(float(n), rss, 0.2, 1.0)
     se = draws.reshape(100, -1).mean(1).std(ddof=1) / np.sqrt(100)
     assert abs(draws.mean() - m1) < _z_bound(1) * se
