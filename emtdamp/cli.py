@@ -13,9 +13,7 @@ import csv
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
-import yaml
 
 from emtdamp import config as cfgmod
 from emtdamp.divergence import DivergenceError
@@ -125,58 +123,30 @@ def cmd_list(args) -> int:
 
 def cmd_predict(args) -> int:
     from emtdamp.data import load
-    from emtdamp.federated import get_fed_method
-    from emtdamp.runs import load_checkpoint, method_of
-    from emtdamp.train import predict_in_chunks
+    from emtdamp.runs import load_run
 
-    run_dir = Path(args.run_dir)
-    for f in ("config.yaml", "checkpoint.npz"):
-        if not (run_dir / f).exists():
-            raise FileNotFoundError(f"{run_dir / f} not found: is {run_dir} a run folder written by `emtdamp train`?")
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
-    cfg = cfgmod.from_dict(raw, run_dir.name)
-    train_data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
-    fm = get_fed_method(cfg.method.name)
-    method = fm if fm is not None else method_of(cfg)
-    with jax.enable_x64(cfg.train.dtype == "float64"):
-        key = jax.random.PRNGKey(cfg.train.seed)
-        if fm is not None:
-            like = fm.init(key, cfg.model.spec(), train_data.spec, cfg.method.hparams, cfg.train.batch_size)
-        else:
-            like = method.init(key, cfg.model.spec(), train_data.spec, cfg.method.hparams)
-        state = load_checkpoint(run_dir / "checkpoint.npz", like)
-        if args.data.endswith(".npz"):
-            with np.load(args.data) as f:
-                if "x" not in f:
-                    raise KeyError(f"{args.data} must hold an array named 'x' (rows, features)")
-                x = np.asarray(f["x"], np.float32)
-            if x.ndim != 2 or x.shape[1] != train_data.spec.n_features:
-                raise ValueError(f"{args.data}: x has shape {x.shape}; the model expects (n, "
-                                 f"{train_data.spec.n_features}) in the training data's raw units")
-            if not np.isfinite(x).all():
-                raise ValueError(f"{args.data}: {int((~np.isfinite(x)).any(1).sum())} rows of x hold NaN/inf")
-            x = _standardize_like(train_data, x)
-        else:
-            # the run's own dataset: its test split under the run's options (same split, same scaling)
-            x = train_data.x_test if args.data == cfg.data.name else load(args.data, seed=cfg.data.seed).x_test
-        pred = predict_in_chunks(method, state, x)
-    out = {}
-    if pred.probs is not None:
-        out["probs"] = pred.probs
+    run = load_run(args.run_dir)
+    if run.state is None:
+        raise FileNotFoundError(f"{run.dir / 'checkpoint.npz'} not found: is {run.dir} a run folder written by "
+                                "`emtdamp train` (with output.checkpoint: true)?")
+    cfg = run.config
+    if args.data.endswith(".npz"):
+        with np.load(args.data) as f:
+            if "x" not in f:
+                raise KeyError(f"{args.data} must hold an array named 'x' (rows, features)")
+            x = np.asarray(f["x"], np.float32)
+        try:
+            pred = run.predict(x)
+        except ValueError as e:
+            raise ValueError(f"{args.data}: {e}") from None
     else:
-        out["mean"] = pred.mean * train_data.y_std + train_data.y_mean
-        out["var"] = pred.var * train_data.y_std**2
+        # the run's own dataset: its test split under the run's options (same split, same scaling)
+        x = run.data.x_test if args.data == cfg.data.name else load(args.data, seed=cfg.data.seed).x_test
+        pred = run.to_original_units(run.predictive(x))
+    out = {k: v for k, v in (("probs", pred.probs), ("mean", pred.mean), ("var", pred.var)) if v is not None}
     np.savez(args.out, **out)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in out.items()))
     return 0
-
-
-def _standardize_like(data, x: np.ndarray) -> np.ndarray:
-    """Apply the training data's feature transform to raw inputs (stored in ``info`` by loaders)."""
-    tf = data.info.get("x_transform")
-    if tf is None:
-        return x
-    return ((x - tf["mean"]) / tf["std"]).astype(np.float32)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,10 @@ A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one
 written as the run goes), ``summary.json``, ``checkpoint.npz`` (the final state's leaves, written
 atomically) and ``curves.png``.
 
+:func:`fit` trains a config from Python and :func:`load_run` opens a finished folder; both return a
+:class:`Run` (config, summary, history, state, and ``predict`` on raw inputs). ``emtdamp train`` /
+``emtdamp predict`` are the same calls from the command line.
+
 :func:`run_group` trains several configs that differ only in ``data.seed`` / ``train.seed`` as one
 vmapped program (:func:`emtdamp.train.train_group`) and writes the same folder for each run.
 """
@@ -11,22 +15,27 @@ vmapped program (:func:`emtdamp.train.train_group`) and writes the same folder f
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import datetime
+import functools
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import yaml
 
 from emtdamp import config as cfgmod
-from emtdamp.data import load
+from emtdamp.data import Dataset, load, model_inputs
 from emtdamp.divergence import DivergenceError, DivergenceGuard
 from emtdamp.federated import get_fed_method, train_federated
-from emtdamp.methods import Method, get_method
+from emtdamp.methods import Method, Predictive, get_method
 from emtdamp.methods.chains import with_chains
 from emtdamp.metrics import plot_reliability
 from emtdamp.train import NotVmappable, TrainResult, predict_in_chunks, train, train_group
@@ -347,3 +356,163 @@ def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
                        n_clients=cfg.method.hparams.n_clients, partition=cfg.method.hparams.partition)
     _finish(cfg, run_dir, summary, res.state, res.history, data, fm)
     return run_dir, summary, res
+
+
+class Prediction(NamedTuple):
+    """A run's predictive distribution on raw input rows, in the data's original units.
+
+    Regression: ``mean`` and ``var`` of shape ``(n, d_out)`` in target units (``var`` includes the
+    observation noise; ``sd`` is its square root); ``probs`` is None. Classification: ``probs`` of shape
+    ``(n, K)`` (rows sum to one); ``mean``/``var`` are None. For the sampling methods it is the mixture
+    over their posterior samples (and chains), for EM-TDAMP its moment-propagated predictive.
+    """
+
+    mean: np.ndarray | None = None
+    var: np.ndarray | None = None
+    probs: np.ndarray | None = None
+
+    @property
+    def sd(self) -> np.ndarray | None:
+        """Predictive standard deviation ``(n, d_out)`` (regression), None for classification."""
+        return None if self.var is None else np.sqrt(self.var)
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run: its folder and everything in it, from :func:`fit` or :func:`load_run`.
+
+    Attributes
+    ----------
+    dir: the run folder.
+    config: the resolved :class:`emtdamp.config.Config` it was trained with.
+    summary: ``summary.json`` as a dict (test metrics, sparsity, timings, diagnostics); None when the
+        folder holds no summary (a run stopped before its end).
+    history: ``metrics.jsonl``: one dict per epoch (``train_loss``, and ``test`` metrics where evaluated).
+    state: the method's final state pytree (None when the folder has no ``checkpoint.npz``).
+    """
+
+    dir: Path
+    config: cfgmod.Config
+    summary: dict | None
+    history: list[dict]
+    state: Any
+
+    @functools.cached_property
+    def data(self) -> Dataset:
+        """The run's dataset (same split and scaling as in training), loaded on first use."""
+        c = self.config.data
+        return load(c.name, seed=c.seed, **c.options)
+
+    @functools.cached_property
+    def method(self):
+        """The method object that trained the run (centralised, with its chains, or federated)."""
+        return _method_and_template(self.config, self.data)[0]
+
+    def predictive(self, x: np.ndarray) -> Predictive:
+        """The method's own predictive on *model* inputs ``x (n, d)`` (already scaled like ``data.x_test``),
+        in standardised target units (:class:`emtdamp.methods.Predictive`)."""
+        if self.state is None:
+            raise FileNotFoundError(f"{self.dir / 'checkpoint.npz'} not found: the run was written with "
+                                    "output.checkpoint: false, so its state was not kept; train it again with "
+                                    "output.checkpoint=true")
+        from emtdamp.train import predict_in_chunks
+
+        with jax.enable_x64(self.config.train.dtype == "float64"):
+            return predict_in_chunks(self.method, self.state, np.asarray(x, np.float32))
+
+    def predict(self, x_raw: np.ndarray) -> Prediction:
+        """Predictive on raw feature rows ``x_raw (n, d)``, in the units of the training data's own files
+        (regression features before standardisation, image pixels 0-255), returned in original target units.
+
+        Raises ValueError (one line, naming the fix) for a wrong shape or NaN/inf rows.
+        """
+        x_raw = np.asarray(x_raw)
+        d = self.data.spec.n_features
+        if x_raw.ndim != 2 or x_raw.shape[1] != d:
+            raise ValueError(f"x has shape {x_raw.shape}; the model expects (n, {d}) in the training data's raw "
+                             "units")
+        bad = ~np.isfinite(x_raw.astype(np.float64))
+        if bad.any():
+            raise ValueError(f"{int(bad.any(1).sum())} rows of x hold NaN/inf; drop or impute them first")
+        return self.to_original_units(self.predictive(model_inputs(self.data, x_raw)))
+
+    def to_original_units(self, pred: Predictive) -> Prediction:
+        """A standardised :class:`~emtdamp.methods.Predictive` in the data's original target units."""
+        if pred.probs is not None:
+            return Prediction(probs=np.asarray(pred.probs))
+        y_mean, y_std = self.data.y_mean, self.data.y_std
+        return Prediction(mean=np.asarray(pred.mean) * y_std + y_mean, var=np.asarray(pred.var) * y_std ** 2)
+
+
+def _method_and_template(cfg: cfgmod.Config, data: Dataset):
+    """The method of ``cfg`` and a freshly initialised state (the structure its checkpoint is restored into)."""
+    fm = get_fed_method(cfg.method.name)
+    method = fm if fm is not None else method_of(cfg)
+    with jax.enable_x64(cfg.train.dtype == "float64"):
+        key = jax.random.PRNGKey(cfg.train.seed)
+        if fm is not None:
+            like = fm.init(key, cfg.model.spec(), data.spec, cfg.method.hparams, cfg.train.batch_size)
+        else:
+            like = method.init(key, cfg.model.spec(), data.spec, cfg.method.hparams)
+    return method, like
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _as_config(config: str | Path | Mapping | cfgmod.Config, overrides: list[str],
+               key_paths: dict[str, Any]) -> cfgmod.Config:
+    """``config`` (a YAML path, a dict of blocks or a Config) with CLI-style overrides applied, validated."""
+    if isinstance(config, cfgmod.Config):
+        raw, name = cfgmod.to_dict(config), config.name
+    elif isinstance(config, Mapping):
+        raw, name = copy.deepcopy(dict(config)), "config"
+    elif isinstance(config, (str, Path)):
+        raw, name = cfgmod.read_yaml(config), Path(config).stem
+    else:
+        raise TypeError(f"config must be a YAML path, a dict of config blocks or an emtdamp Config, "
+                        f"got {type(config).__name__}")
+    raw = cfgmod.apply_overrides(raw, overrides)
+    for key, value in key_paths.items():
+        raw = cfgmod.set_path(raw, key.replace("__", ".").split("."), value)
+    return cfgmod.from_dict(raw, name=name)
+
+
+def fit(config: str | Path | Mapping | cfgmod.Config, *overrides: str, run_dir: str | Path | None = None,
+        progress: bool | None = None, resume: bool = False, **key_paths: Any) -> Run:
+    """Train a config and write its run folder, as ``emtdamp train`` does; returns the :class:`Run`.
+
+    ``config``: a YAML path, a dict of config blocks (``{"data": ..., "method": ...}``) or a Config.
+    Overrides use the CLI's ``key.path`` names, as strings (``fit(cfg, "train.epochs=5")``) or keywords
+    (``fit(cfg, **{"train.epochs": 5})``, or ``train__epochs=5``: ``__`` stands for the dot).
+    ``run_dir`` (default ``output.dir``, else ``runs/<name>-<time>``), ``progress`` (default
+    ``train.progress``) and ``resume`` are as for the CLI. Bad configs raise
+    :class:`emtdamp.config.ConfigError` with the CLI's one-line message.
+    """
+    cfg = _as_config(config, list(overrides), key_paths)
+    if resume and run_dir is None and cfg.output.dir is None:
+        raise cfgmod.ConfigError("resume=True needs the run folder: pass run_dir= (or output.dir)")
+    out, summary, res = run_config(cfg, run_dir, progress=progress, resume=resume)
+    return Run(dir=out, config=cfg, summary=summary, history=_read_history(out), state=res.state)
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run folder written by ``emtdamp train`` / :func:`fit` (its state restored from checkpoint.npz)."""
+    run_dir = Path(path)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found: is {run_dir} a run folder written by "
+                                "`emtdamp train`?")
+    cfg = cfgmod.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), run_dir.name)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    run = Run(dir=run_dir, config=cfg, summary=summary, history=_read_history(run_dir), state=None)
+    if (run_dir / "checkpoint.npz").exists():
+        method, like = _method_and_template(cfg, run.data)
+        run.__dict__["method"] = method  # the cached_property, from the init that built the template
+        with jax.enable_x64(cfg.train.dtype == "float64"):
+            run.state = load_checkpoint(run_dir / "checkpoint.npz", like)
+    return run

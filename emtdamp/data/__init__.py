@@ -8,7 +8,7 @@ module of this package registers its loaders on import.
 import importlib
 import pkgutil
 
-from emtdamp.data.base import DataError, Dataset, make_classification, make_regression, validate_arrays
+from emtdamp.data.base import DataError, Dataset, make_classification, make_regression, model_inputs, validate_arrays
 from emtdamp.data.registry import dataset_names, load, loader_options, register_dataset
 
 for _info in pkgutil.iter_modules(__path__):
@@ -16,4 +16,4 @@ for _info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["DataError", "Dataset", "dataset_names", "load", "loader_options", "make_classification",
-           "make_regression", "register_dataset", "validate_arrays"]
+           "make_regression", "model_inputs", "register_dataset", "validate_arrays"]

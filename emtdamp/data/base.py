@@ -88,6 +88,20 @@ def _check_stats(name: str, **stats: np.ndarray) -> None:
                             "standardise, |x| above ~1e154); rescale the raw data first")
 
 
+def model_inputs(data: Dataset, x_raw: np.ndarray) -> np.ndarray:
+    """Map raw feature rows ``x_raw (n, d)`` to the model's inputs, as the loader mapped ``data``'s own rows.
+
+    Uses ``data.info["x_transform"]`` (``(x - mean) / std``, per feature; written by the loaders that
+    rescale: regression standardisation, image pixels 0-255 to [0, 1] or standardised pixels); rows of a
+    loader without a transform are used as given. Returns float32 ``(n, d)``.
+    """
+    x = np.asarray(x_raw, np.float64)
+    tf = data.info.get("x_transform")
+    if tf is not None:
+        x = (x - np.asarray(tf["mean"])) / np.asarray(tf["std"])
+    return x.astype(np.float32)
+
+
 def make_regression(name: str, x_tr, y_tr, x_te, y_te, info: dict | None = None,
                     standardize_x: bool = True) -> Dataset:
     """Validate, standardise features and targets with *train* statistics, and pack a Dataset."""

