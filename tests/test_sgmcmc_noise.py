@@ -249,3 +249,51 @@ def test_defaults_do_not_diverge(name, n, epochs):
     assert np.isfinite(rmse_std) and rmse_std < 1.5, (name, n, rmse_std)
     assert r.diverged_at is None
     assert losses[-1] < 10 * losses.min()
+
+
+# --------------------------------------------------------------------------------------------------
+# lr_units='curvature': ε_k = lr·s²_k/N
+# --------------------------------------------------------------------------------------------------
+def _scan_steps(name: str, hp: SGMCMCHParams, steps: int = 30):
+    x, y = _tiny_regression()
+    n = len(x)
+    m = get_method(name)
+    st0 = m.init(jax.random.key(3), ModelSpec(hidden=(8,)), DataSpec("regression", x.shape[1], 1, n), hp)
+    batch = Batch(x=jnp.asarray(x), y=jnp.asarray(y), w=jnp.ones(n))
+
+    def body(st, _):
+        s2_before = st.noise_var
+        st, met = m.step(st, batch)
+        return st, (s2_before, met["step_size"], met["loss"])
+
+    st, out = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps))(st0)
+    return st, [np.asarray(o, np.float64) for o in out], n
+
+
+def test_curvature_step_follows_the_current_noise_variance():
+    """With sampled noise the step of iteration k is lr·s²_k/N, s²_k the noise variance the move is conditioned
+    on (the draw of the previous iteration), so it changes from step to step as s² does."""
+    hp = SGMCMCHParams(learning_rate=0.02, lr_units="curvature", momentum=0.9, burn_in=0, n_samples=2)
+    _, (s2, eps, _), n = _scan_steps("sghmc", hp)
+    np.testing.assert_allclose(eps, 0.02 * s2 / n, rtol=1e-6)
+    assert np.ptp(s2) > 0.01 * s2.mean()     # the noise really moved, so this is not a constant step
+
+
+def test_curvature_units_with_fixed_noise_equal_the_energy_step():
+    """Fixed noise v: lr_units='curvature' with lr = c is the same chain (same keys) as ε = c·v/N in energy units."""
+    v, c = 0.3, 0.05
+    common = dict(momentum=0.9, burn_in=0, n_samples=2, noise="fixed", likelihood_var=v)
+    st_a, (_, eps_a, loss_a), n = _scan_steps("sghmc_sa", SGMCMCHParams(learning_rate=c, lr_units="curvature",
+                                                                        **common))
+    st_b, (_, eps_b, loss_b), _ = _scan_steps("sghmc_sa", SGMCMCHParams(learning_rate=c * v / n, **common))
+    np.testing.assert_allclose(eps_a, eps_b, rtol=1e-6)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
+    for a, b in zip(jax.tree_util.tree_leaves(st_a.params), jax.tree_util.tree_leaves(st_b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_curvature_units_need_a_learning_rate():
+    x, y = _tiny_regression()
+    with pytest.raises(ValueError, match="lr_units='curvature' needs learning_rate > 0"):
+        get_method("sghmc").init(jax.random.key(0), ModelSpec(hidden=(4,)), DataSpec("regression", 3, 1, len(x)),
+                                 SGMCMCHParams(lr_units="curvature"))

@@ -33,9 +33,9 @@ METRIC_RTOL = 2e-5
 
 
 def _boston_sa_hparams():
-    """The Boston UCI settings of configs/sghmc_sa_boston.yaml for sghmc_sa (burn-in shortened so
+    """The Boston UCI settings of configs/sghmc_sa_boston_uci.yaml for sghmc_sa (burn-in shortened so
     that the short test runs collect posterior samples too)."""
-    raw = C.read_yaml(_ROOT / "configs" / "sghmc_sa_boston.yaml")
+    raw = C.read_yaml(_ROOT / "configs" / "sghmc_sa_boston_uci.yaml")
     cfg = C.from_dict({k: v for k, v in raw.items() if k != "sweep"}, "b")
     return dataclasses.replace(cfg.method.hparams, burn_in=50, thin=5, n_samples=10)
 
@@ -229,11 +229,11 @@ def test_invalid_sweep_vmap_is_rejected(tmp_path, capsys, value, message):
 
 @pytest.mark.slow
 def test_boston_uci_protocol_vmapped(tmp_path):
-    """configs/sghmc_sa_boston.yaml through `emtdamp sweep` (sweep.vmap: true), 6 methods x 10 random 90/10
+    """configs/sghmc_sa_boston_uci.yaml through `emtdamp sweep` (sweep.vmap: true), 6 methods x 10 random 90/10
     splits (~1-2 min on 2 cores): every RMSE is finite and below 4, and the mean RMSE of A-SGHMC-SA over the
     10 splits is below 3.0 $1000 (spec A.5: 2.692 ± 0.120; the sd over splits here is ~0.5, so the mean of 10
     has a standard error ~0.16 and 3.0 is ~2 standard errors above our ~2.42)."""
-    assert cli.main(["sweep", str(_ROOT / "configs" / "sghmc_sa_boston.yaml"), "--out", str(tmp_path)]) == 0
+    assert cli.main(["sweep", str(_ROOT / "configs" / "sghmc_sa_boston_uci.yaml"), "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     rmse: dict[str, list[float]] = {}
     for r in rows:

@@ -39,7 +39,9 @@ RSS_N/2)``), or ``invgamma``: the SSGL ``InvGamma(ν/2, νλ/2)`` on ``s²``, wh
 prior and its SA update uses the weights alone. ``sa`` ties ``s² = σ²`` (the paper: σ² is SA-updated
 from the residuals and the weights, so only SA/EM methods); ``fixed`` uses ``likelihood_var`` (σ² still
 tracks the residuals, as the UCI code).
-The step size ``learning_rate = 0`` (default) is ``AUTO_LR_N / N``: the energy is sum-scale.
+The step size ``learning_rate = 0`` (default) is ``AUTO_LR_N / N``: the energy is sum-scale. With
+``lr_units="curvature"`` the learning rate is ``ε·N/s²`` instead (the step in units of the likelihood
+curvature), and the step follows the current noise variance: ``ε_k = lr_k · s²_k / N``.
 
 Layer indices (``ssgl_layers``, ``prune_layers``) index ONE ordered list of the network's weight
 kernels: for the MLP the dense kernels ``0 .. L−1`` (input layer first); for the CNN the conv kernels
@@ -90,6 +92,11 @@ class SGMCMCHParams:
     learning_rate: float = hparam(0.0, range=(0.0, 10.0),
                                   doc="ε_0 on the sum-scale energy; ε_k = lr·(lr_offset + k)^(−lr_decay); "
                                       "0 = auto: AUTO_LR_N / N (N = training rows)")
+    lr_units: str = hparam("energy", choices=("energy", "curvature"),
+                           doc="'energy' = learning_rate is ε on the sum-scale energy; 'curvature' = it is ε·N/s², "
+                               "the step in units of the likelihood curvature: ε_k = lr_k·s²_k/N with s²_k the "
+                               "current noise variance (regression; s² = 1 for classification), so the step "
+                               "follows s² as it is learned or annealed and carries across training sizes")
     lr_offset: float = hparam(1.0, range=(0.0, 1e12), doc="offset b of the step-size schedule")
     lr_decay: float = hparam(0.0, range=(0.0, 1.0), doc="exponent γ of the step-size schedule (0 = constant)")
     momentum: float = hparam(0.9, range=(0.0, 1.0), doc="SGHMC m = 1 − friction (unused by SGLD)")
@@ -259,7 +266,7 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                    prune_layers=prune_layers if pruning else (), magnitude=hp.prune_target > 0,
                    rho_prune=hp.rho_prune_step > 0, prune_every=hp.prune_every, n_train=data.n_train,
                    n_out=data.n_outputs, n_samples=hp.n_samples, noise=hp.noise,
-                   noise_prior=hp.noise_prior)
+                   noise_prior=hp.noise_prior, lr_curvature=hp.lr_units == "curvature")
         if jnp.issubdtype(kr.dtype, jax.dtypes.prng_key):   # keep raw uint32 key data (checkpointable)
             kr = jax.random.key_data(kr)
         xs = kernels_of(params, sparse)
@@ -277,6 +284,8 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                                          sigma2=jnp.asarray(hp.sigma_init, dt) ** 2)
         f = lambda v: jnp.asarray(v, dt)
         anneal = hp.anneal_rate if hp.anneal_rate != 1.0 else anneal_default
+        if hp.lr_units == "curvature" and hp.learning_rate <= 0:
+            raise ValueError(f"{name}: lr_units='curvature' needs learning_rate > 0 (ε·N/s², e.g. 0.02)")
         lr0 = hp.learning_rate if hp.learning_rate > 0 else AUTO_LR_N / data.n_train
         s2_0 = {"sample": f(hp.noise_init), "sa": f(lat.sigma2), "fixed": f(hp.likelihood_var)}[hp.noise]
         state = SGMCMCState(
@@ -332,6 +341,9 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         rng, k_noise = jax.random.split(state.rng)
         (u, loss), g = jax.value_and_grad(energy, has_aux=True)(state.params, batch, state)
         eps = sg.schedule_value(state.lr, state.count)
+        if cfg["lr_curvature"]:   # ε = lr·s²/N, s² held fixed in this block (a function of the Gibbs state)
+            s2 = state.noise_var if cfg["task"] == "regression" else jnp.ones((), eps.dtype)
+            eps = eps * s2.astype(eps.dtype) / cfg["n_train"]
         if cfg["sampler"] == "sgld":
             params = sg.sgld_update(k_noise, state.params, g, eps, state.inv_temp)
             mom = state.momentum
