@@ -38,7 +38,7 @@ from emtdamp import mlp
 from emtdamp.methods.base import DataSpec, ModelSpec
 
 PyTree = Any
-KINDS = ("mlp", "cnn")
+KINDS = ("mlp", "cnn", "flax")
 
 
 def check_cnn(model: ModelSpec, data: DataSpec) -> tuple[int, ...]:
@@ -146,7 +146,8 @@ def build_network(model: ModelSpec, data: DataSpec) -> tuple[Callable[[jax.Array
 
     ``kind="mlp"``: :func:`emtdamp.mlp.init_mlp` / :func:`emtdamp.mlp.apply` on
     ``model.layer_sizes(data)`` (params: list of ``{"kernel", "bias"}``). ``kind="cnn"``: the flax
-    CNN of this module (params: flax dict). Validation errors are raised here, at build time.
+    CNN of this module (params: flax dict). ``kind="flax"``: the user's module
+    (:func:`emtdamp.flax_adapter.build_flax_network`). Validation errors are raised here, at build time.
     """
     kind = getattr(model, "kind", "mlp")
     if kind == "mlp":
@@ -164,6 +165,10 @@ def build_network(model: ModelSpec, data: DataSpec) -> tuple[Callable[[jax.Array
             return module.apply({"params": params}, x)
 
         return init_fn, apply_fn
+    if kind == "flax":
+        from emtdamp.flax_adapter import build_flax_network
+
+        return build_flax_network(model, data)
     raise ValueError(f"unknown model.kind {kind!r}; choose one of {list(KINDS)}")
 
 

@@ -40,10 +40,14 @@ class ModelConfig:
     kind: str = "mlp"  # "cnn": conv layers first (image data only), see emtdamp.cnn
     conv: tuple[int, ...] = (32, 64)  # output channels of the conv layers (kind: cnn)
     kernel_size: int = 3  # conv kernels are kernel_size x kernel_size (kind: cnn)
+    module: str = ""  # kind: flax: "package.module:ClassName" of a flax.linen / flax.nnx Module
+    kwargs: dict = dataclasses.field(default_factory=dict)  # kind: flax: the module's constructor arguments
 
     def spec(self) -> ModelSpec:
+        frozen = lambda v: tuple(frozen(x) for x in v) if isinstance(v, list) else v
         return ModelSpec(hidden=tuple(self.hidden), activation=self.activation, kind=self.kind,
-                         conv=tuple(self.conv), kernel_size=self.kernel_size)
+                         conv=tuple(self.conv), kernel_size=self.kernel_size, module=self.module or None,
+                         kwargs=tuple(sorted((k, frozen(v)) for k, v in self.kwargs.items())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +108,7 @@ _RANGES = {
 }
 _CHOICES = {"train.dtype": ("float32", "float64"), "train.on_divergence": ("stop", "warn", "ignore"),
             "model.activation": ("relu", "tanh", "gelu", "sigmoid"),
-            "model.kind": ("mlp", "cnn")}
+            "model.kind": ("mlp", "cnn", "flax")}
 _BLOCKS = ("data", "model", "method", "train", "output", "sweep")
 
 
@@ -273,6 +277,13 @@ def from_dict(raw: dict, name: str = "config") -> Config:
     if model.kind == "cnn" and not model.conv:
         raise ConfigError("model.conv: model.kind=cnn needs at least one conv layer, e.g. model.conv=[32,64] "
                           "(or use model.kind=mlp)")
+    if model.kind == "flax" and not model.module:
+        raise ConfigError("model.module: model.kind=flax needs model.module='package.module:ClassName' (a flax.linen "
+                          "or flax.nnx Module class importable from the working folder), constructor arguments "
+                          "in model.kwargs")
+    if model.kind != "flax" and (model.module or model.kwargs):
+        raise ConfigError(f"model.module / model.kwargs are for model.kind=flax (got model.kind={model.kind}); "
+                          "set model.kind=flax to use your own module")
     method = _build_method(raw.get("method"))
     train = build_dataclass(TrainConfig, raw.get("train"), "train", _RANGES, _CHOICES)
     if train.chains > 1:

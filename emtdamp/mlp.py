@@ -23,13 +23,16 @@ def activation_fn(name: str):
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
-def require_mlp(model, method: str) -> None:
-    """Raise ValueError unless ``model.kind`` (a ModelSpec) is ``"mlp"``: for methods without a CNN."""
+def require_mlp(model, method: str, why: str = "") -> None:
+    """Raise ValueError unless ``model.kind`` (a ModelSpec) is ``"mlp"``: for methods that need the declared
+    MLP (``why`` says what for, e.g. message passing over its layers)."""
     kind = getattr(model, "kind", "mlp")
     if kind != "mlp":
-        raise ValueError(f"method {method} supports model.kind=mlp only (got model.kind={kind!r}); "
-                         "set model.kind=mlp, or use adam, sgd, em_mcmc or an SG-MCMC method (sgld, sghmc, "
-                         "sgld_sa, sghmc_sa, sgld_em, sghmc_em, a_sghmc, a_sghmc_em, a_sghmc_sa) for a CNN")
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"method {method} supports model.kind=mlp only{reason}, got model.kind={kind!r}; "
+                         "set model.kind=mlp (model.hidden, model.activation), or use adam, sgd, em_mcmc or an "
+                         "SG-MCMC method (sgld, sghmc, sgld_sa, sghmc_sa, sgld_em, sghmc_em, a_sghmc, "
+                         "a_sghmc_em, a_sghmc_sa) for a CNN or your own flax module")
 
 
 def init_mlp(key: jax.Array, layer_sizes: Sequence[int], dtype=jnp.float32) -> list[dict]:

@@ -326,6 +326,8 @@ def _model_summary(cfg, data) -> dict:
     if spec.kind == "cnn":
         out.update(conv=list(spec.conv), kernel_size=spec.kernel_size, image_shape=list(data.spec.image_shape or ()))
         out["layer_sizes"] = None  # dense sizes alone would misdescribe a CNN
+    if spec.kind == "flax":
+        out.update(layer_sizes=None, module=str(cfg.model.module), module_kwargs=dict(cfg.model.kwargs))
     return out
 
 

@@ -248,7 +248,7 @@ def test_cnn_config_runs_through_run_config(mnist400, tmp_path):
 
 # ----------------------------------------------------------------------------- configs and guards
 @pytest.mark.parametrize("model, msg", [
-    ({"kind": "rnn"}, r"model.kind: 'rnn' is not allowed; choose one of \['mlp', 'cnn'\]"),
+    ({"kind": "rnn"}, r"model.kind: 'rnn' is not allowed; choose one of \['mlp', 'cnn', 'flax'\]"),
     ({"kind": "cnn", "conv": [8, 0]}, r"model.conv: channel counts must be >= 1"),
     ({"kind": "cnn", "conv": []}, r"model.kind=cnn needs at least one conv layer"),
     ({"kind": "cnn", "kernel_size": 0}, r"model.kernel_size: 0 is out of range"),

@@ -42,6 +42,9 @@ class ModelSpec:
     and applies one ``kernel_size x kernel_size`` conv ("SAME" padding) per entry of ``conv``
     (its output channels), each followed by the activation and a 2x2 max-pool; then the ``hidden``
     dense layers and the output layer. ``conv`` and ``kernel_size`` are ignored by an MLP.
+    ``kind="flax"``: the user's flax.linen / flax.nnx Module ``module`` (a class, a linen instance, or an
+    import path ``"package.module:ClassName"``) built with the constructor arguments ``kwargs`` (``(name,
+    value)`` pairs), see :mod:`emtdamp.flax_adapter`; ``hidden`` / ``activation`` / ``conv`` are then unused.
     """
 
     hidden: tuple[int, ...] = (64,)
@@ -49,6 +52,8 @@ class ModelSpec:
     kind: str = "mlp"
     conv: tuple[int, ...] = (32, 64)
     kernel_size: int = 3
+    module: Any = None
+    kwargs: tuple[tuple[str, Any], ...] = ()
 
     def layer_sizes(self, data: DataSpec) -> tuple[int, ...]:
         """``(d_in, *hidden, d_out)`` for the given data."""

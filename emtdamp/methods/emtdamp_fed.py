@@ -83,7 +83,7 @@ def build_emtdamp_fed() -> FedMethod:
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: EmtdampFedHParams, batch_size: int) -> TdampState:
-        mlp.require_mlp(model, "emtdamp_fed")
+        mlp.require_mlp(model, "emtdamp_fed", "its message passing runs over the declared MLP's layers")
         if model.activation != "relu":
             raise ValueError(f"emtdamp_fed supports ReLU networks only (got activation {model.activation!r})")
         if getattr(hp, "evidence", "repeat") != "repeat":

@@ -68,7 +68,7 @@ def build_emtdamp() -> Method:
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: EmtdampHParams):
-        mlp.require_mlp(model, "emtdamp")
+        mlp.require_mlp(model, "emtdamp", "its message passing runs over the declared MLP's layers")
         if model.activation != "relu":
             raise ValueError(f"emtdamp supports ReLU networks only (got activation {model.activation!r})")
         dtype = str(jnp.dtype(jnp.result_type(float)))  # float64 when x64 is enabled, else float32

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import optax
 
 from emtdamp import mlp
+from emtdamp.cnn import build_network
 from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local, weighted_mean
-from emtdamp.losses import point_predictive
+from emtdamp.losses import data_loss, point_predictive
 from emtdamp.methods.base import Batch, DataSpec, ModelSpec, Predictive, hparam
-from emtdamp.methods.optax_baselines import _loss_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,24 +29,23 @@ def build_fedavg() -> FedMethod:
     cfg: dict = {}
 
     def init(key, model: ModelSpec, data: DataSpec, hp: FedAvgHParams, batch_size: int):
-        mlp.require_mlp(model, "fedavg")
+        init_fn, apply_fn = build_network(model, data)   # mlp, cnn or the user's flax module
         if hp.optimizer == "adam":
             tx = optax.adam(hp.learning_rate)
         else:
             tx = optax.sgd(hp.learning_rate, hp.momentum or None)
-        cfg.update(task=data.task, activation=model.activation, tx=tx, bs=batch_size, epochs=hp.local_epochs)
-        params = mlp.init_mlp(key, model.layer_sizes(data))
-        return {"params": params, "noise_var": jnp.asarray(1.0, params[0]["kernel"].dtype)}
+        cfg.update(task=data.task, apply=apply_fn, tx=tx, bs=batch_size, epochs=hp.local_epochs)
+        params = init_fn(key)
+        return {"params": params, "noise_var": jnp.asarray(1.0, jax.tree_util.tree_leaves(params)[0].dtype)}
 
     def client_update(server, x, y, mask, key):
         tx = cfg["tx"]
 
         def step(st, xb, yb, wb):
             params, opt, _ = st
-            (_, data_loss), g = jax.value_and_grad(_loss_fn, has_aux=True)(
-                params, Batch(xb, yb, wb), cfg["task"], cfg["activation"], 0.0)
+            loss, g = jax.value_and_grad(data_loss, argnums=1)(cfg["apply"], params, Batch(xb, yb, wb), cfg["task"])
             upd, opt = tx.update(g, opt, params)
-            return optax.apply_updates(params, upd), opt, data_loss.astype(params[0]["kernel"].dtype)
+            return optax.apply_updates(params, upd), opt, loss.astype(jax.tree_util.tree_leaves(params)[0].dtype)
 
         params = server["params"]
         params, _, last_loss = scan_local(step, (params, tx.init(params), jnp.zeros((), x.dtype)), x, y, mask,
@@ -57,7 +56,7 @@ def build_fedavg() -> FedMethod:
         return weighted_mean(msgs, weights)
 
     def predict(server, x) -> Predictive:
-        return point_predictive(mlp.apply(server["params"], x, cfg["activation"]), cfg["task"], server["noise_var"])
+        return point_predictive(cfg["apply"](server["params"], x), cfg["task"], server["noise_var"])
 
     def upload_bytes(server) -> int:
         return 4 * mlp.count_params(server["params"])

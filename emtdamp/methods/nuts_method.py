@@ -76,7 +76,7 @@ def build_nuts_method() -> Method:
     def init(key, model: ModelSpec, data: DataSpec, hp: NUTSHParams) -> NUTSState:
         if not isinstance(hp, NUTSHParams):
             raise TypeError(f"nuts: hparams must be NUTSHParams, got {type(hp).__name__}")
-        mlp.require_mlp(model, "nuts")
+        mlp.require_mlp(model, "nuts", "its network is the declared MLP")
         mlp.activation_fn(model.activation)
         dt = jnp.zeros(()).dtype
         sizes = model.layer_sizes(data)

@@ -42,11 +42,6 @@ class OptaxState:
     count: jax.Array
 
 
-def _loss_fn(params, batch: Batch, task: str, activation: str, weight_decay):
-    """MLP loss (kept for :mod:`emtdamp.methods.fedavg`): see :func:`_net_loss`."""
-    return _net_loss(lambda p, x: mlp.apply(p, x, activation), params, batch, task, weight_decay)
-
-
 def _net_loss(apply_fn, params, batch: Batch, task: str, weight_decay):
     """``(data loss + weight_decay * sum of squared kernels, data loss)``; padding rows weighted out."""
     loss = data_loss(apply_fn, params, batch, task)

@@ -202,11 +202,36 @@ def layer_keys(params: list | dict) -> list:
     return sorted(params, key=order)
 
 
+def kernel_paths(params: dict) -> list[tuple]:
+    """Paths (key tuples) of the sub-dicts holding a leaf named ``kernel``, in tree-flatten order: the weight
+    layers of a user flax module (``model.kind: flax``), e.g. ``[("Dense_0",), ("block", "proj")]``."""
+    out = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None))) for k in path)
+        if keys[-1] == "kernel":
+            out.append(keys[:-1])
+    return out
+
+
+def _node(tree, key):
+    """``tree[key]``, or for a path tuple (flax modules) the nested ``tree[k0][k1]...``."""
+    if isinstance(key, tuple):
+        for k in key:
+            tree = tree[k]
+        return tree
+    return tree[key]
+
+
 def _with_kernels(tree: list | dict, keys: list, kernels: list) -> list | dict:
-    """A shallow copy of ``tree`` with ``tree[key]["kernel"]`` replaced by ``kernels`` (same structure)."""
-    tree = list(tree) if isinstance(tree, (list, tuple)) else dict(tree)
+    """A copy of ``tree`` with the ``"kernel"`` of ``_node(tree, key)`` replaced by ``kernels`` (same
+    structure; only the dicts on the way are copied)."""
+    def put(node, path, k):
+        node = list(node) if isinstance(node, (list, tuple)) else dict(node)
+        node[path[0]] = {**node[path[0]], "kernel": k} if len(path) == 1 else put(node[path[0]], path[1:], k)
+        return node
+
     for key, k in zip(keys, kernels, strict=True):
-        tree[key] = {**tree[key], "kernel": k}
+        tree = put(tree, key if isinstance(key, tuple) else (key,), k)
     return tree
 
 
@@ -236,9 +261,12 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
             params = mlp.init_mlp(kp, model.layer_sizes(data), dt)
         else:   # flax initialises float32; the chain runs in the default float (float64 under x64)
             params = jax.tree_util.tree_map(lambda v: v.astype(dt), init_fn(kp))
-        keys = layer_keys(params)
-        names = [f"Dense_{k}" if isinstance(k, int) else k for k in keys]
-        kshape = [params[k]["kernel"].shape for k in keys]
+        keys = kernel_paths(params) if kind == "flax" else layer_keys(params)
+        if not keys:
+            raise ValueError(f"{name}: the network has no weight layer (no parameter named 'kernel')")
+        names = ["/".join(map(str, k)) if isinstance(k, tuple) else f"Dense_{k}" if isinstance(k, int) else k
+                 for k in keys]
+        kshape = [_node(params, k)["kernel"].shape for k in keys]
         n_layers = len(keys)
         sparse = _layers(hp.ssgl_layers, names, "ssgl_layers") if hp.prior == "ssgl" else ()
         prune_layers = _layers(hp.prune_layers, names, "prune_layers") if hp.prune_layers else sparse
@@ -262,7 +290,8 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         s_eff = sg.inflated_target(hp.prune_target, sum(k_sizes), n_prunable) if hp.prune_target > 0 else 0.0
         scale = s_eff / hp.prune_target if hp.prune_target > 0 else 1.0
         cfg.update(task=data.task, apply=apply_fn, kind=kind, keys=keys, n_layers=n_layers,
-                   dense=[not str(nm).startswith("Conv") for nm in names], sampler=sampler, sparse=sparse,
+                   dense=[len(sh) == 2 if kind == "flax" else not str(nm).startswith("Conv")
+                          for nm, sh in zip(names, kshape, strict=True)], sampler=sampler, sparse=sparse,
                    prune_layers=prune_layers if pruning else (), magnitude=hp.prune_target > 0,
                    rho_prune=hp.rho_prune_step > 0, prune_every=hp.prune_every, n_train=data.n_train,
                    n_out=data.n_outputs, n_samples=hp.n_samples, noise=hp.noise,
@@ -308,7 +337,7 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
     # ---------------------------------------------------------------------------------------------
     def kernels_of(params, layers) -> list:
         """Kernels of the weight layers ``layers`` (indices into the ordered layer list)."""
-        return [params[cfg["keys"][i]]["kernel"] for i in layers]
+        return [_node(params, cfg["keys"][i])["kernel"] for i in layers]
 
     def per_row_nll(out, y, sigma2):
         if cfg["task"] == "regression":
@@ -323,10 +352,17 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         u = cfg["n_train"] / n * jnp.sum(batch.w * nll)
         sparse = cfg["sparse"]
         l2 = 0.0
-        for i, key in enumerate(cfg["keys"]):
-            if i not in sparse:
-                l2 = l2 + jnp.sum(params[key]["kernel"] ** 2)
-            l2 = l2 + jnp.sum(params[key]["bias"] ** 2)
+        if cfg["kind"] == "flax":   # every leaf but the SSGL kernels (biases, norm scales, other kernels)
+            ssgl = {cfg["keys"][i] for i in sparse}
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+                keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None))) for k in path)
+                if not (keys[-1] == "kernel" and keys[:-1] in ssgl):
+                    l2 = l2 + jnp.sum(leaf ** 2)
+        else:
+            for i, key in enumerate(cfg["keys"]):
+                if i not in sparse:
+                    l2 = l2 + jnp.sum(params[key]["kernel"] ** 2)
+                l2 = l2 + jnp.sum(params[key]["bias"] ** 2)
         u = u + 0.5 * cfg["n_train"] * state.weight_decay * l2
         if sparse:
             u = u + sg.ssgl_penalty(kernels_of(params, sparse), state.latents)
@@ -436,7 +472,12 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         n_zero_mask = sum(int(jnp.sum(~m)) for m in state.masks)
         n_zero = sum(int(jnp.sum(k == 0)) for k in kernels)
         dead, hidden = 0, 0
-        for i in range(1, cfg["n_layers"]):
+        if cfg["kind"] == "flax":   # no layer order to follow: a unit is an input row of a dense kernel
+            for k in kernels:
+                if k.ndim == 2:
+                    hidden += k.shape[0]
+                    dead += int(jnp.sum(jnp.all(k == 0, axis=1)))
+        for i in range(1, cfg["n_layers"] if cfg["kind"] != "flax" else 0):
             if cfg["dense"][i - 1]:                      # dense hidden unit j: row j of the next kernel
                 k_next = kernels[i]
                 hidden += k_next.shape[0]
