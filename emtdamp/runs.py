@@ -481,14 +481,38 @@ def _as_config(config: str | Path | Mapping | cfgmod.Config, overrides: list[str
     raw = cfgmod.apply_overrides(raw, overrides)
     for key, value in key_paths.items():
         raw = cfgmod.set_path(raw, key.replace("__", ".").split("."), value)
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("module") is not None and not isinstance(model["module"], str):
+        raw["model"] = {**model, "module": _import_path(model["module"])}
     return cfgmod.from_dict(raw, name=name)
+
+
+def _import_path(module: Any) -> str:
+    """``"package.module:ClassName"`` of a flax Module class given as an object (configs and config.yaml hold
+    the path); ValueError when the path does not lead back to the same class (a class made inside a
+    function, or an instance)."""
+    from emtdamp.flax_adapter import resolve_module
+
+    path = f"{getattr(module, '__module__', '')}:{getattr(module, '__qualname__', '')}"
+    try:
+        same = resolve_module(path) is module
+    except ValueError:
+        same = False
+    if not same:
+        raise cfgmod.ConfigError(f"model.module: {module!r} is not a class importable by name (got {path!r}); "
+                                 "define it at module level, or give 'package.module:ClassName'")
+    if path.startswith("__main__:"):
+        print(f"note: model.module={path} lives in the running script; emtdamp.load_run of this run works in "
+              "this process only (move the class into a module to reload the run elsewhere)", file=sys.stderr)
+    return path
 
 
 def fit(config: str | Path | Mapping | cfgmod.Config, *overrides: str, run_dir: str | Path | None = None,
         progress: bool | None = None, resume: bool = False, **key_paths: Any) -> Run:
     """Train a config and write its run folder, as ``emtdamp train`` does; returns the :class:`Run`.
 
-    ``config``: a YAML path, a dict of config blocks (``{"data": ..., "method": ...}``) or a Config.
+    ``config``: a YAML path, a dict of config blocks (``{"data": ..., "method": ...}``) or a Config. In a dict,
+    ``model.module`` (``model.kind: flax``) may be the flax Module class itself; the run records its import path.
     Overrides use the CLI's ``key.path`` names, as strings (``fit(cfg, "train.epochs=5")``) or keywords
     (``fit(cfg, **{"train.epochs": 5})``, or ``train__epochs=5``: ``__`` stands for the dot).
     ``run_dir`` (default ``output.dir``, else ``runs/<name>-<time>``), ``progress`` (default

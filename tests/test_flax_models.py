@@ -183,3 +183,23 @@ def test_fedavg_trains_a_user_flax_module(user_module):
     s = json.loads((out / "summary.json").read_text())
     assert s["method"] == "fedavg" and s["model_kind"] == "flax" and np.isfinite(s["test"]["rmse"])
     assert s["bytes_per_round"] > 0
+
+
+def test_fit_takes_the_module_class_and_records_its_path(user_module):
+    import usernets
+
+    cfg = {"data": {"name": "boston"}, "model": {"kind": "flax", "module": usernets.SkipNet, "kwargs": {"width": 6}},
+           "method": {"name": "adam"}, "train": {"epochs": 2, "progress": False}, "output": {"plots": False}}
+    run = emtdamp.fit(cfg, run_dir=user_module / "cls")
+    assert run.config.model.module == "usernets:SkipNet" and run.summary["module_kwargs"] == {"width": 6}
+    assert run.summary["sparsity"]["params_remaining"] == 13 * 6 + 6 + 6 * 6 + 6 + 6 + 1
+    again = emtdamp.load_run(run.dir)
+    np.testing.assert_array_equal(again.predict(np.zeros((2, 13))).mean, run.predict(np.zeros((2, 13))).mean)
+
+    def local():
+        class Inner(usernets.SkipNet):
+            pass
+        return Inner
+
+    with pytest.raises(ConfigError, match="not a class importable by name"):
+        emtdamp.fit({**cfg, "model": {"kind": "flax", "module": local()}}, run_dir=user_module / "bad")
