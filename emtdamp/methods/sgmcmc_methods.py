@@ -61,7 +61,10 @@ kept yet; the CNN evaluates the samples one after another, ``lax.map``, to bound
 ``sparsity``: ``weights_zero_frac`` = zero (or masked) entries over all kernel weights (conv and
 dense; biases not counted); ``neurons_pruned_frac`` = share of *dense hidden units* whose outgoing
 weights (row of the next dense kernel) are all zero. Conv channels are not counted as neurons, so for
-a CNN it covers only the ``hidden`` dense units (0 when ``hidden`` is empty).
+a CNN it covers only the ``hidden`` dense units (0 when ``hidden`` is empty). A user flax module
+(``model.kind: flax``) has no layer order to follow: its weight layers are the leaves named ``kernel`` in
+tree-flatten order (:func:`kernel_paths`; ``ssgl_layers`` / ``prune_layers`` index that list), every other
+leaf gets the ``weight_decay`` prior, and a neuron is an input row of a 2-D kernel.
 """
 
 from __future__ import annotations
