@@ -23,7 +23,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from emtdamp import em, tdamp  # noqa: E402
+from emtdamp import tdamp  # noqa: E402
+from emtdamp.tdamp import em  # noqa: E402
 
 LLR_RAW = "llr = lnorm(Q, m0, s0 + VQ) - lnorm(Q, 0.0, VQ)"
 LLR_STABLE = ("llr = -0.5 * np.log1p(s0 / VQ) - 0.5 * (m0 * (m0 - 2 * Q) / (s0 + VQ) "
@@ -34,7 +35,7 @@ def _stable_trunc(mod):
     """The prototype's ``_trunc`` with the package's float64 tail branch (a < -15: 10-term asymptotic
     expansions; the exact formulas' relative error grows like a^6 eps, 5e-3 at a = -200, and beyond
     a ~ -300 the variance is clipped garbage)."""
-    from emtdamp.gaussian import _ASYMPTOTIC_A64, _SHIFT_COEFFS, _VFAC_COEFFS
+    from emtdamp.tdamp.gaussian import _ASYMPTOTIC_A64, _SHIFT_COEFFS, _VFAC_COEFFS
 
     def trunc(m, v, sign):
         s = np.sqrt(v)

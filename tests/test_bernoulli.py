@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emtdamp.bernoulli import Bernoulli, divide, logit, product
+from emtdamp.tdamp.bernoulli import Bernoulli, divide, logit, product
 
 
 def _brute_product(p1, p2):

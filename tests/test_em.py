@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from emtdamp import em, tdamp
-from emtdamp.tdamp import TdampHParams
+from emtdamp import tdamp
+from emtdamp.tdamp import TdampHParams, em
 from emtdamp.tdamp.module_a import probit_output
 
 

@@ -129,8 +129,9 @@ def test_emtdamp_fed_one_client_round_equals_a_centralized_tdamp_pass(x64):
     """K = 1 holding all data: the server posterior after one round is the centralized TDAMP pass's
     (same minibatch order, v held fixed during the pass), and the server v is the closed form on the
     pass's summed z_L statistics."""
-    from emtdamp import em, tdamp
+    from emtdamp import tdamp
     from emtdamp.methods.emtdamp_method import tdamp_hparams
+    from emtdamp.tdamp import em
 
     data = load("boston")
     fm = get_fed_method("emtdamp_fed")

@@ -7,7 +7,7 @@ import pytest
 from scipy import integrate, stats
 from scipy.special import log_ndtr as sp_log_ndtr
 
-from emtdamp import gaussian as G
+from emtdamp.tdamp import gaussian as G
 
 
 def _rand_msgs(rng, n, dtype):

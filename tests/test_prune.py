@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emtdamp import mlp, prune, tdamp
-from emtdamp.tdamp import TdampHParams
+from emtdamp import mlp, tdamp
+from emtdamp.tdamp import TdampHParams, prune
 
 
 def _trained_state(sizes=(6, 9, 7, 2), dtype="float64", steps=3, seed=0):

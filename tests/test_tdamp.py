@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emtdamp import em, tdamp
-from emtdamp.tdamp import TdampHParams
+from emtdamp import tdamp
+from emtdamp.tdamp import TdampHParams, em
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # the spec's NumPy prototype lives in shared/ beside the checkout (CI clones with shared/ beside it);

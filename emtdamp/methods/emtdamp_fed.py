@@ -27,11 +27,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from emtdamp import em, mlp, prune, tdamp
+from emtdamp import mlp, tdamp
 from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local
-from emtdamp.gaussian import bounds, clip_var
 from emtdamp.methods.base import DataSpec, ModelSpec, Predictive, hparam
 from emtdamp.methods.emtdamp_method import EmtdampHParams, tdamp_hparams, tdamp_predictive
+from emtdamp.tdamp import em, prune
+from emtdamp.tdamp.gaussian import bounds, clip_var
 from emtdamp.tdamp.state import TdampState
 
 

@@ -3,7 +3,7 @@
 ``step`` = one minibatch of the TDAMP E-step (``I_A`` turbo DAMP iterations) + PasP + the streaming
 M-step; ``end_epoch`` = per-epoch M-step (when ``v_schedule="epoch"``), the pruning schedule and the
 reset of the accumulated group evidence; ``predict`` = moment propagation (or the plug-in network);
-``sparsity`` = :func:`emtdamp.prune.sparsity`. See docs/emtdamp.md for the algorithm.
+``sparsity`` = :func:`emtdamp.tdamp.prune.sparsity`. See docs/emtdamp.md for the algorithm.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from emtdamp import em, mlp, prune, tdamp
+from emtdamp import mlp, tdamp
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.tdamp import em, prune
 from emtdamp.tdamp.state import EVIDENCE_MODES, RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
 
 

@@ -4,7 +4,7 @@ Public API::
 
     state = init(key, layer_sizes, hparams)
     state, info = step(state, x_batch, y_batch, hparams, w=None)      # E-step + PasP
-    state = emtdamp.em.m_step(state, hparams, info["zstats"])         # M-step
+    state = emtdamp.tdamp.em.m_step(state, hparams, info["zstats"])         # M-step
     state, metrics = epoch(state, xs, ys, ws, hparams)                # jitted scan of both
     state = end_epoch(state, hparams)                                 # evidence="once" bookkeeping
     mean, var = predict(state, x)  /  probs = predict(state, x, task="classification")

@@ -36,7 +36,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from emtdamp.gaussian import bounds, clip_var
+from emtdamp.tdamp.gaussian import bounds, clip_var
 
 
 @chex.dataclass

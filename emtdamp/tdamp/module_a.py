@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emtdamp.gaussian import Gaussian, bounds, log_ndtr, mills_ratio, relu_posterior_offset
+from emtdamp.tdamp.gaussian import Gaussian, bounds, log_ndtr, mills_ratio, relu_posterior_offset
 from emtdamp.tdamp.state import LayerState
 
 

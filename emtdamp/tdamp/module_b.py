@@ -11,7 +11,7 @@ per-weight supports of the group together. On this tree sum-product is exact:
 
 Feeding ``pi_ext_ji`` to the weight denoiser gives the posterior support ``pi_j`` for every weight
 of the group, so we use ``pi_j`` directly (no cancellation, spec 2.4). All support quantities are
-:class:`~emtdamp.bernoulli.Bernoulli` logits.
+:class:`~emtdamp.tdamp.bernoulli.Bernoulli` logits.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emtdamp.bernoulli import Bernoulli
-from emtdamp.bernoulli import product as bern_product
-from emtdamp.gaussian import Gaussian, clip_var
-from emtdamp.gaussian import product as gauss_product
+from emtdamp.tdamp.bernoulli import Bernoulli
+from emtdamp.tdamp.bernoulli import product as bern_product
+from emtdamp.tdamp.gaussian import Gaussian, clip_var
+from emtdamp.tdamp.gaussian import product as gauss_product
 from emtdamp.tdamp.module_a import weight_llr
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import chex
 import jax
@@ -44,7 +45,7 @@ class TdampHParams:
     v_passes: fixed-point passes of the classification closed form per M-step (spec: 1-3).
     v_ema: smoothing of the v update, ``v <- v_ema * v + (1 - v_ema) * v_new`` (0 = plain EM).
     v_schedule: ``"minibatch"`` (streaming EM after every minibatch) or ``"epoch"`` (v from the
-        statistics accumulated over the epoch, applied by :func:`emtdamp.em.end_epoch_v`).
+        statistics accumulated over the epoch, applied by :func:`emtdamp.tdamp.em.end_epoch_v`).
     lambda_f: PasP forgetting factor in (0, 1]: after each minibatch the prior becomes
         ``posterior^lambda_f x initial_prior^(1 - lambda_f)`` (stabilized forgetting towards
         ``N(0, sigma0^2)``, ``N(0, sigmab0^2)``; see :func:`emtdamp.tdamp.pasp`). 1 = pure PasP.
@@ -212,3 +213,16 @@ def init(key: jax.Array, layer_sizes: Sequence[int], hparams: TdampHParams,
 def layer_sizes(state: TdampState) -> tuple[int, ...]:
     """``(N_0, ..., N_L)`` of a state."""
     return (state.layers[0].W.shape[0], *(layer.W.shape[1] for layer in state.layers))
+
+
+class ZStats(NamedTuple):
+    """Output-layer messages of the last DAMP iteration of a minibatch (input of the v M-step).
+
+    P, VP: ``(B, K)`` forward mean / variance of ``z_L``; y: targets ``(B, K)`` or labels ``(B,)``;
+    w: ``(B,)`` row weights.
+    """
+
+    P: jax.Array
+    VP: jax.Array
+    y: jax.Array
+    w: jax.Array

@@ -9,27 +9,13 @@ messages to the weights, one turbo exchange with Module B, and the damped denois
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from emtdamp.gaussian import bounds, clip_var, relu_posterior
-from emtdamp.tdamp import evidence, module_a, module_b
-from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, initial_slab_var
-
-
-class ZStats(NamedTuple):
-    """Output-layer messages of the last DAMP iteration of a minibatch (input of the v M-step).
-
-    P, VP: ``(B, K)`` forward mean / variance of ``z_L``; y: targets ``(B, K)`` or labels ``(B,)``;
-    w: ``(B,)`` row weights.
-    """
-
-    P: jax.Array
-    VP: jax.Array
-    y: jax.Array
-    w: jax.Array
+from emtdamp.tdamp import em, evidence, module_a, module_b
+from emtdamp.tdamp.gaussian import bounds, clip_var, relu_posterior
+from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, ZStats, initial_slab_var
 
 
 def _output(hp: TdampHParams, P, VP, y, v, w):
@@ -203,7 +189,7 @@ def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: Tda
     prior x the evidence of the other rows, counted once) and the minibatch's likelihood messages are
     recorded afterwards instead of PasP (:mod:`emtdamp.tdamp.evidence`).
 
-    The M-step (:func:`emtdamp.em.m_step`) is separate; :func:`epoch` chains both.
+    The M-step (:func:`emtdamp.tdamp.em.m_step`) is separate; :func:`epoch` chains both.
 
     Parameters
     ----------
@@ -303,8 +289,6 @@ def epoch(state: TdampState, xs: jax.Array, ys: jax.Array, ws: jax.Array | None,
     Returns the final state and per-minibatch metrics ``{"loss", "v"}`` of shape ``(n_batches,)``.
     The per-epoch parts (v schedule ``"epoch"``, pruning, evidence reset) are not applied here.
     """
-    from emtdamp import em
-
     if ws is None:
         ws = jnp.ones(xs.shape[:2], state.v.dtype)
 

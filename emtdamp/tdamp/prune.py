@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emtdamp.gaussian import bounds
+from emtdamp.tdamp.gaussian import bounds
 from emtdamp.tdamp.state import TdampState
 
 PRUNE_MODES = ("none", "free", "target")

@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emtdamp.gaussian import log_ndtr, mills_ratio
 from emtdamp.tdamp import module_a
-from emtdamp.tdamp.state import TdampHParams, TdampState
-from emtdamp.tdamp.turbo import ZStats
+from emtdamp.tdamp.gaussian import log_ndtr, mills_ratio
+from emtdamp.tdamp.state import TdampHParams, TdampState, ZStats
 
 _GH_X, _GH_W = np.polynomial.hermite.hermgauss(16)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
