@@ -37,7 +37,7 @@ class DataConfig:
 class ModelConfig:
     hidden: tuple[int, ...] = (64,)
     activation: str = "relu"
-    kind: str = "mlp"  # "cnn": conv layers first (image data only), see emtdamp.cnn
+    kind: str = "mlp"  # "cnn": conv layers first (image data only), see emtdamp.models.cnn
     conv: tuple[int, ...] = (32, 64)  # output channels of the conv layers (kind: cnn)
     kernel_size: int = 3  # conv kernels are kernel_size x kernel_size (kind: cnn)
     module: str = ""  # kind: flax: "package.module:ClassName" of a flax.linen / flax.nnx Module

@@ -491,7 +491,7 @@ def _import_path(module: Any) -> str:
     """``"package.module:ClassName"`` of a flax Module class given as an object (configs and config.yaml hold
     the path); ValueError when the path does not lead back to the same class (a class made inside a
     function, or an instance)."""
-    from emtdamp.flax_adapter import resolve_module
+    from emtdamp.models.flax_adapter import resolve_module
 
     path = f"{getattr(module, '__module__', '')}:{getattr(module, '__qualname__', '')}"
     try:

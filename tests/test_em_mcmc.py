@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from emtdamp import mlp
 from emtdamp.em_mcmc import (
     GroupSpec,
     cyclical_lr,
@@ -35,6 +34,7 @@ from emtdamp.em_mcmc import (
 )
 from emtdamp.em_mcmc.groups import init_keep, init_slab
 from emtdamp.methods import Batch, DataSpec, ModelSpec, get_method
+from emtdamp.models import mlp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

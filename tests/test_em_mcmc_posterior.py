@@ -15,7 +15,7 @@ from emtdamp.sgmcmc.samples import buffer_weights, ring_samples
 
 
 def _np_mlp(params, x):
-    """NumPy forward pass of an :mod:`emtdamp.mlp` ReLU MLP (list of {"kernel", "bias"})."""
+    """NumPy forward pass of an :mod:`emtdamp.models.mlp` ReLU MLP (list of {"kernel", "bias"})."""
     h = np.asarray(x, np.float64)
     for i, layer in enumerate(params):
         h = h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)

@@ -22,7 +22,7 @@ from emtdamp.config import ConfigError
 from emtdamp.data import load
 from emtdamp.methods import ModelSpec, get_method
 from emtdamp.methods.optax_baselines import OptaxHParams
-from emtdamp.mlp import to_flax_params
+from emtdamp.models.mlp import to_flax_params
 from emtdamp.train import train
 
 MODULE_SOURCE = textwrap.dedent('''
@@ -169,7 +169,7 @@ def test_nnx_instance_is_refused_with_the_reason(user_module):
     import usernets
     from flax import nnx
 
-    from emtdamp.flax_adapter import build_flax_network
+    from emtdamp.models.flax_adapter import build_flax_network
 
     spec = ModelSpec(kind="flax", module=usernets.NnxNet(13, 1, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="pass the flax.nnx Module \\*class\\*"):

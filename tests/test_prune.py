@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emtdamp import mlp, tdamp
+from emtdamp import tdamp
+from emtdamp.models import mlp
 from emtdamp.tdamp import TdampHParams, prune
 
 

@@ -71,7 +71,7 @@ def _run(name, tag, st, x, y, bs, n_epochs, key=0):
 
 
 class RefCNN(nn.Module):
-    """Independent reference network: flax's own Conv / max_pool / Dense (not emtdamp.cnn)."""
+    """Independent reference network: flax's own Conv / max_pool / Dense (not emtdamp.models.cnn)."""
 
     conv: tuple
     hidden: tuple

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from emtdamp import mlp
 from emtdamp.data.base import make_regression
 from emtdamp.methods import DataSpec, ModelSpec, get_method
 from emtdamp.methods.base import Batch
 from emtdamp.methods.sgmcmc_methods import _VARIANTS, SGMCMCHParams
+from emtdamp.models import mlp
 from emtdamp.sgmcmc.kernels import noise_conditional, sample_noise_variance, update_noise_variance_halfnormal
 from emtdamp.train import train
 

@@ -1,4 +1,4 @@
-"""Physically smaller MLP from an EM-MCMC keep mask (dense :mod:`emtdamp.mlp` layout).
+"""Physically smaller MLP from an EM-MCMC keep mask (dense :mod:`emtdamp.models.mlp` layout).
 
 Group ``j`` of kernel ``l`` is input unit ``j`` of layer ``l``. A pruned group has zero outgoing
 weights, so removing it changes no prediction: for ``l = 0`` the input feature is dropped (the compact

@@ -8,7 +8,7 @@ how the leaf is cut into groups:
   per-group quantity broadcasts straight back onto the weights. ``None``: the leaf is not grouped
   (biases, normalisation scales) and always gets the ungrouped weight decay.
 - ``prune_axes``: one entry per *pruning family*; each entry lists the axes indexing that family's
-  groups. Dense kernel ``(in, out)`` in the :mod:`emtdamp.mlp` / flax layout: one family ``(0,)`` =
+  groups. Dense kernel ``(in, out)`` in the :mod:`emtdamp.models.mlp` / flax layout: one family ``(0,)`` =
   input units (row ``j`` = all outgoing weights of unit ``j``; in the first layer a removed group is
   a deselected input variable). Flax conv kernel ``(kh, kw, in, out)``: soft groups are single
   kernels ``(in, out)``; two families, input channels ``(2,)`` and output channels ``(3,)``.
@@ -88,7 +88,7 @@ def conv_groups(ndim: int = 4) -> LeafGroups:
 
 
 def mlp_group_spec(params: PyTree) -> GroupSpec:
-    """Group spec for :mod:`emtdamp.mlp` params (list of ``{"kernel", "bias"}``): every kernel is
+    """Group spec for :mod:`emtdamp.models.mlp` params (list of ``{"kernel", "bias"}``): every kernel is
     grouped by input units, biases are ungrouped."""
     return flax_group_spec(params)
 

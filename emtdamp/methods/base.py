@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from emtdamp.models.spec import ModelSpec as ModelSpec  # the method contract's model type, re-exported
+
 PyTree = Any
 
 
@@ -31,33 +33,6 @@ class Batch(NamedTuple):
     x: jax.Array
     y: jax.Array
     w: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """The network: an MLP (``kind="mlp"``) or a small CNN (``kind="cnn"``), output layer linear.
-
-    ``hidden`` are the dense hidden widths and ``activation`` the hidden activation of both kinds.
-    A CNN (see :mod:`emtdamp.cnn`) first reshapes the flattened inputs to ``DataSpec.image_shape``
-    and applies one ``kernel_size x kernel_size`` conv ("SAME" padding) per entry of ``conv``
-    (its output channels), each followed by the activation and a 2x2 max-pool; then the ``hidden``
-    dense layers and the output layer. ``conv`` and ``kernel_size`` are ignored by an MLP.
-    ``kind="flax"``: the user's flax.linen / flax.nnx Module ``module`` (a class, a linen instance, or an
-    import path ``"package.module:ClassName"``) built with the constructor arguments ``kwargs`` (``(name,
-    value)`` pairs), see :mod:`emtdamp.flax_adapter`; ``hidden`` / ``activation`` / ``conv`` are then unused.
-    """
-
-    hidden: tuple[int, ...] = (64,)
-    activation: str = "relu"
-    kind: str = "mlp"
-    conv: tuple[int, ...] = (32, 64)
-    kernel_size: int = 3
-    module: Any = None
-    kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def layer_sizes(self, data: DataSpec) -> tuple[int, ...]:
-        """``(d_in, *hidden, d_out)`` for the given data."""
-        return (data.n_features, *self.hidden, data.n_outputs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ reference noise is a cold chain) and freezes the preconditioner after the burn-i
 ``sum_d (y - f)^2 / (2 v)`` with ``v`` from an M-step at every epoch end (:func:`noise_mstep`); ``v``
 is also the noise part of the predictive variance. See docs/em_mcmc.md, section 10.
 
-The network is an :mod:`emtdamp.mlp` MLP; every kernel is grouped by input units (row ``j`` of the
+The network is an :mod:`emtdamp.models.mlp` MLP; every kernel is grouped by input units (row ``j`` of the
 ``(in, out)`` kernel), so a removed first-layer group deselects input variable ``j``. The optimiser
 is :func:`emtdamp.em_mcmc.em_mcmc_step` on the minibatch *mean* loss (``loss_scale`` times the squared
 error on standardised targets / softmax cross-entropy), padding rows weighted out. The weight decays
@@ -22,7 +22,7 @@ the step size is the peak ``c2_peak`` and no EM can happen anyway, since EM need
 ``cycle_epochs`` (cosine cycle length in epochs) replaces the reference's ``(epochs, M)`` pair:
 set it to ``epochs / M``.
 
-``model.kind: cnn`` (:mod:`emtdamp.cnn`): the flax CNN params are grouped by
+``model.kind: cnn`` (:mod:`emtdamp.models.cnn`): the flax CNN params are grouped by
 :func:`~emtdamp.em_mcmc.flax_group_spec` (conv kernels: E-step groups = single ``k x k`` kernels,
 pruning families = input then output channels by range, spec B.4; dense kernels as for the MLP).
 The CNN is not physically compacted: ``sparsity`` reports ``params_remaining`` from the keep masks
@@ -40,11 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emtdamp.cnn import build_network, kernels
 from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_mcmc_step, flax_group_spec, make_hyper
 from emtdamp.em_mcmc.groups import weight_mask
 from emtdamp.losses import data_loss
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.models.network import build_network, kernels
 from emtdamp.sgmcmc.samples import (
     SampleBuffer,
     buffer_init,

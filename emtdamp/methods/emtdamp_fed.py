@@ -27,10 +27,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from emtdamp import mlp, tdamp
+from emtdamp import tdamp
 from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local
 from emtdamp.methods.base import DataSpec, ModelSpec, Predictive, hparam
 from emtdamp.methods.emtdamp_method import EmtdampHParams, tdamp_hparams, tdamp_predictive
+from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
 from emtdamp.tdamp.gaussian import bounds, clip_var
 from emtdamp.tdamp.state import TdampState

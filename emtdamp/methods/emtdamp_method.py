@@ -12,8 +12,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from emtdamp import mlp, tdamp
+from emtdamp import tdamp
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
 from emtdamp.tdamp.state import EVIDENCE_MODES, RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
 

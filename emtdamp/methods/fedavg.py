@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emtdamp import mlp
-from emtdamp.cnn import build_network
 from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local, weighted_mean
 from emtdamp.losses import data_loss, point_predictive
 from emtdamp.methods.base import Batch, DataSpec, ModelSpec, Predictive, hparam
+from emtdamp.models import mlp
+from emtdamp.models.network import build_network
 
 
 @dataclasses.dataclass(frozen=True)

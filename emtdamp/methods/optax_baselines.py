@@ -3,7 +3,7 @@
 Regression minimises the mean squared error on standardised targets; the predictive variance is the
 training residual variance (an exponential moving average kept in the state), so that an NLL can be
 reported. Classification minimises softmax cross-entropy. Both work with ``model.kind`` mlp and cnn
-(the network comes from :func:`emtdamp.cnn.build_network`).
+(the network comes from :func:`emtdamp.models.network.build_network`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emtdamp import mlp
-from emtdamp.cnn import build_network, kernels
 from emtdamp.losses import data_loss, point_predictive
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.models import mlp
+from emtdamp.models.network import build_network, kernels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """SGLD / SGHMC with the SSGL prior and stochastic-approximation latents (Deng et al. 2019) on the MLP
-(``model.kind: mlp``) and the small CNN (``model.kind: cnn``, :mod:`emtdamp.cnn`).
+(``model.kind: mlp``) and the small CNN (``model.kind: cnn``, :mod:`emtdamp.models.cnn`).
 
 Registered methods (spec ``baselines.md`` A.2, A.3, A.6):
 
@@ -77,10 +77,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emtdamp import mlp
 from emtdamp import sgmcmc as sg
-from emtdamp.cnn import build_network
 from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.models import mlp
+from emtdamp.models.network import build_network
 from emtdamp.sgmcmc.kernels import sample_noise_variance, update_noise_variance_halfnormal
 
 AUTO_LR_N = 1e-3

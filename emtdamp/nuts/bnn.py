@@ -20,15 +20,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emtdamp import mlp
 from emtdamp.methods.base import Batch
+from emtdamp.models import mlp
 
 PyTree = Any
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def init_position(key: jax.Array, layer_sizes: tuple[int, ...], task: str, dtype=jnp.float32) -> dict:
-    """A starting point: He/LeCun-normal kernels (:func:`emtdamp.mlp.init_mlp`), zero biases and
+    """A starting point: He/LeCun-normal kernels (:func:`emtdamp.models.mlp.init_mlp`), zero biases and
     ``σ = 1`` (the standardised targets' scale, ``log_sigma = 0``)."""
     pos = {"params": mlp.init_mlp(key, layer_sizes, dtype)}
     if task == "regression":

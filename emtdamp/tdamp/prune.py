@@ -129,7 +129,7 @@ def compact(state: TdampState, threshold: float = 0.5) -> tuple[list[dict], tupl
 
     Returns
     -------
-    params: list of ``{"kernel": (n_in, n_out), "bias": (n_out,)}`` (:mod:`emtdamp.mlp` layout, numpy).
+    params: list of ``{"kernel": (n_in, n_out), "bias": (n_out,)}`` (:mod:`emtdamp.models.mlp` layout, numpy).
     layer_sizes: ``(N_0, kept_1, ..., kept_{L-1}, N_L)``.
     """
     act = [np.asarray(a) for a in active_groups(state, threshold)]

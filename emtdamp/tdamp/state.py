@@ -1,7 +1,7 @@
 """Static settings, the state pytree and its initialization for EM-TDAMP (spec sections 1.2, 2.1, 2.5).
 
 Layout: layer ``l`` (0-based here) maps ``N_l`` inputs to ``N_{l+1}`` outputs with a kernel of shape
-``(N_l, N_{l+1})`` (the :mod:`emtdamp.mlp` / flax layout). The spec writes ``W_l`` as
+``(N_l, N_{l+1})`` (the :mod:`emtdamp.models.mlp` / flax layout). The spec writes ``W_l`` as
 ``(N_l, N_{l-1})``; our kernel is its transpose, so a neuron group "all outgoing weights of unit j"
 (spec section 1.2) is **row** ``j`` of the kernel, and the per-group arrays have length ``N_l``.
 """
@@ -16,7 +16,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from emtdamp import mlp
+from emtdamp.models import mlp
 from emtdamp.tdamp import evidence
 
 TASKS = ("regression", "classification")
@@ -178,7 +178,7 @@ def init(key: jax.Array, layer_sizes: Sequence[int], hparams: TdampHParams,
     key: PRNG key for the random weight means (ignored when ``params`` is given).
     layer_sizes: ``(N_0, ..., N_L)``.
     hparams: static settings (``dtype``, ``sigma0_sq``/``gamma``, ``sigmab0_sq``, ``rho0``, ``v0``).
-    params: optional initial weight means in :mod:`emtdamp.mlp` layout (``kernel (N_in, N_out)``,
+    params: optional initial weight means in :mod:`emtdamp.models.mlp` layout (``kernel (N_in, N_out)``,
         ``bias (N_out,)``); default He/LeCun normal ``N(0, 1/N_in)`` and zero biases. The slab prior
         mean ``mu0`` is set to the same draw (spec 2.5: breaks the hidden-unit symmetry).
     """

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
-from emtdamp.methods.base import DataSpec, ModelSpec
+from emtdamp.methods.base import DataSpec
+from emtdamp.models.spec import ModelSpec
 
 PyTree = Any
 SHAPE_ARGS = ("n_features", "n_outputs")

@@ -1,6 +1,6 @@
-"""A small CNN (``model.kind: cnn``) as a flax linen module, and the network builder shared by methods.
+"""A small CNN (``model.kind: cnn``) as a flax linen module.
 
-Architecture, from :class:`~emtdamp.methods.base.ModelSpec` and
+Architecture, from :class:`~emtdamp.models.spec.ModelSpec` and
 :class:`~emtdamp.methods.base.DataSpec`::
 
     x (B, H*W*C) -> reshape (B, H, W, C)
@@ -21,24 +21,23 @@ training loop's ``lax.scan``.
 
 Params are the flax ``variables["params"]`` dict: ``{"Conv_i": {"kernel": (k, k, in, out), "bias"},
 "Dense_j": {"kernel": (in, out), "bias"}}`` (flax default initialisers: LeCun-normal kernels, zero
-biases), so :func:`emtdamp.em_mcmc.flax_group_spec` groups it directly. Methods call
-:func:`build_network`, which returns the :mod:`emtdamp.mlp` MLP for ``kind="mlp"`` unchanged.
+biases), so :func:`emtdamp.em_mcmc.flax_group_spec` groups it directly. Methods get it (and the MLP, and
+the user's flax module) from :func:`emtdamp.models.network.build_network`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from emtdamp import mlp
-from emtdamp.methods.base import DataSpec, ModelSpec
+from emtdamp.methods.base import DataSpec
+from emtdamp.models import mlp
+from emtdamp.models.spec import ModelSpec
 
 PyTree = Any
-KINDS = ("mlp", "cnn", "flax")
 
 
 def check_cnn(model: ModelSpec, data: DataSpec) -> tuple[int, ...]:
@@ -132,51 +131,10 @@ def make_module(model: ModelSpec, data: DataSpec):
 
 def init(key: jax.Array, model: ModelSpec, data: DataSpec) -> dict:
     """CNN params (the flax ``"params"`` collection) for ``model`` on ``data``."""
-    return build_network(dataclasses.replace(model, kind="cnn"), data)[0](key)
+    module = make_module(dataclasses.replace(model, kind="cnn"), data)
+    return dict(module.init(key, jnp.zeros((1, data.n_features), jnp.float32))["params"])
 
 
 def apply(params: dict, x: jax.Array, model: ModelSpec, data: DataSpec) -> jax.Array:
     """CNN output ``(B, n_outputs)`` for flattened inputs ``x (B, H*W*C)``."""
-    return build_network(dataclasses.replace(model, kind="cnn"), data)[1](params, x)
-
-
-def build_network(model: ModelSpec, data: DataSpec) -> tuple[Callable[[jax.Array], PyTree],
-                                                              Callable[[PyTree, jax.Array], jax.Array]]:
-    """``(init_fn(key) -> params, apply_fn(params, x (B, d)) -> (B, n_outputs))`` for ``model.kind``.
-
-    ``kind="mlp"``: :func:`emtdamp.mlp.init_mlp` / :func:`emtdamp.mlp.apply` on
-    ``model.layer_sizes(data)`` (params: list of ``{"kernel", "bias"}``). ``kind="cnn"``: the flax
-    CNN of this module (params: flax dict). ``kind="flax"``: the user's module
-    (:func:`emtdamp.flax_adapter.build_flax_network`). Validation errors are raised here, at build time.
-    """
-    kind = getattr(model, "kind", "mlp")
-    if kind == "mlp":
-        sizes = model.layer_sizes(data)
-        mlp.activation_fn(model.activation)
-        return (lambda key: mlp.init_mlp(key, sizes)), (lambda p, x: mlp.apply(p, x, model.activation))
-    if kind == "cnn":
-        module = make_module(model, data)
-        n_features = data.n_features
-
-        def init_fn(key: jax.Array) -> dict:
-            return dict(module.init(key, jnp.zeros((1, n_features), jnp.float32))["params"])
-
-        def apply_fn(params: dict, x: jax.Array) -> jax.Array:
-            return module.apply({"params": params}, x)
-
-        return init_fn, apply_fn
-    if kind == "flax":
-        from emtdamp.flax_adapter import build_flax_network
-
-        return build_flax_network(model, data)
-    raise ValueError(f"unknown model.kind {kind!r}; choose one of {list(KINDS)}")
-
-
-def kernels(params: PyTree) -> list[jax.Array]:
-    """The weight kernels (leaves named ``kernel``) of an MLP or CNN params pytree, in tree order."""
-    out = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        last = path[-1]
-        if getattr(last, "key", getattr(last, "name", None)) == "kernel":
-            out.append(leaf)
-    return out
+    return make_module(dataclasses.replace(model, kind="cnn"), data).apply({"params": params}, x)
