@@ -105,8 +105,8 @@ def cmd_sweep(args) -> int:
 
 def cmd_list(args) -> int:
     from emtdamp.data import dataset_names, loader_options
-    from emtdamp.federated import fed_method_names, get_fed_method
     from emtdamp.methods import get_method, method_names
+    from emtdamp.methods.registry import fed_method_names, get_fed_method
 
     print("datasets:")
     for n in dataset_names():

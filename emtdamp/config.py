@@ -220,15 +220,15 @@ def _check_data_options(data: DataConfig) -> None:
 
 def all_method_names() -> list[str]:
     """Centralised and federated method names."""
-    from emtdamp.federated import fed_method_names
     from emtdamp.methods import method_names
+    from emtdamp.methods.registry import fed_method_names
 
     return sorted(set(method_names()) | set(fed_method_names()))
 
 
 def hparams_cls_of(name: str) -> type:
-    from emtdamp.federated import get_fed_method
     from emtdamp.methods import get_method
+    from emtdamp.methods.registry import get_fed_method
 
     fm = get_fed_method(name)
     return fm.hparams_cls if fm is not None else get_method(name).hparams_cls
@@ -249,8 +249,8 @@ def _build_method(raw: dict | None) -> MethodConfig:
 
 def _check_chains(name: str, chains: int) -> None:
     """``train.chains > 1`` needs a centralised method that does not run its own chains."""
-    from emtdamp.federated import get_fed_method
     from emtdamp.methods.chains import OWN_CHAINS
+    from emtdamp.methods.registry import get_fed_method
 
     if name in OWN_CHAINS:
         raise ConfigError(f"train.chains={chains}: {name} runs its own chains; set method.chains={chains} "

@@ -9,7 +9,7 @@ atomically) and ``curves.png``.
 ``emtdamp predict`` are the same calls from the command line.
 
 :func:`run_group` trains several configs that differ only in ``data.seed`` / ``train.seed`` as one
-vmapped program (:func:`emtdamp.train.train_group`) and writes the same folder for each run.
+vmapped program (:func:`emtdamp.loops.centralised.train_group`) and writes the same folder for each run.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ import yaml
 from emtdamp import config as cfgmod
 from emtdamp.data import Dataset, load, model_inputs
 from emtdamp.divergence import DivergenceError, DivergenceGuard
-from emtdamp.federated import get_fed_method, train_federated
+from emtdamp.loops.centralised import NotVmappable, TrainResult, predict_in_chunks, train, train_group
+from emtdamp.loops.federated import train_federated
 from emtdamp.methods import Method, Predictive, get_method
 from emtdamp.methods.chains import with_chains
+from emtdamp.methods.registry import get_fed_method
 from emtdamp.metrics import plot_reliability
-from emtdamp.train import NotVmappable, TrainResult, predict_in_chunks, train, train_group
 
 SUMMARY_KEYS = ("method", "dataset", "seed", "epochs", "test", "sparsity", "time")
 
@@ -417,7 +418,7 @@ class Run:
             raise FileNotFoundError(f"{self.dir / 'checkpoint.npz'} not found: the run was written with "
                                     "output.checkpoint: false, so its state was not kept; train it again with "
                                     "output.checkpoint=true")
-        from emtdamp.train import predict_in_chunks
+        from emtdamp.loops.centralised import predict_in_chunks
 
         with jax.enable_x64(self.config.train.dtype == "float64"):
             return predict_in_chunks(self.method, self.state, np.asarray(x, np.float32))

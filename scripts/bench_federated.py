@@ -18,8 +18,9 @@ import numpy as np
 
 from emtdamp.data import load
 from emtdamp.data.partition import iid
-from emtdamp.federated import get_fed_method, make_round_fn, python_loop_round
+from emtdamp.loops.federated import make_round_fn, python_loop_round
 from emtdamp.methods import ModelSpec
+from emtdamp.methods.registry import get_fed_method
 
 
 def bench(method: str, n_clients: int, rows_per_client: int, repeats: int, loop_repeats: int) -> tuple[float, float]:

@@ -16,8 +16,8 @@ import sys
 import jax
 
 from emtdamp.data import load
+from emtdamp.loops.centralised import train
 from emtdamp.methods import ModelSpec, get_method
-from emtdamp.train import train
 
 CASES = [("boston", {}, (64,), 32), ("mnist5k", {"standardize": True}, (128,), 100)]
 

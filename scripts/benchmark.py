@@ -5,7 +5,7 @@
 
 Every method runs on the same network per dataset (Boston 13-64-1, MNIST/Fashion 784-128-10) and
 seed set, with the method settings of the shipped configs for that dataset (`configs/*`), seeds
-vmapped in one program (`emtdamp.train.train_seeds`; sequential where a method does not vmap).
+vmapped in one program (`emtdamp.loops.centralised.train_seeds`; sequential where a method does not vmap).
 MNIST / Fashion-MNIST share one budget (EPOCHS, BATCH); on Boston (OWN_BUDGET) each method runs with its
 config's own budget too (train.epochs, train.batch_size, train.chains: the calibrated SG-MCMC / EM-MCMC
 configs are 8,000-iteration full-batch chains whose burn-in alone exceeds the shared 100 epochs of batch 32);
@@ -73,9 +73,9 @@ def budget(dataset: str, train_cfg, epochs: int, quick: bool) -> tuple[int, int,
 
 def worker(dataset: str, method: str, seeds: list[int], epochs: int, quick: bool = False) -> dict:
     from emtdamp.data import load
+    from emtdamp.loops.centralised import train, train_seeds
     from emtdamp.methods import ModelSpec, get_method
     from emtdamp.methods.chains import with_chains
-    from emtdamp.train import train, train_seeds
 
     opts, hp, train_cfg = settings(dataset, method)
     epochs, batch, chains = budget(dataset, train_cfg, epochs, quick)
@@ -142,8 +142,8 @@ def gflops_table(seconds: dict) -> list[str]:
 def in_process_costs(methods: list[str]) -> dict:
     """Median seconds per mnist5k epoch of each method, all measured in this process."""
     from emtdamp.data import load
+    from emtdamp.loops.centralised import train
     from emtdamp.methods import ModelSpec, get_method
-    from emtdamp.train import train
 
     out = {}
     for m in methods:

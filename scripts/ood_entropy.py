@@ -20,9 +20,9 @@ import yaml
 
 from emtdamp import config as cfgmod
 from emtdamp.data import load
-from emtdamp.federated import get_fed_method
+from emtdamp.loops.centralised import predict_in_chunks
+from emtdamp.methods.registry import get_fed_method
 from emtdamp.runs import load_checkpoint, method_of
-from emtdamp.train import predict_in_chunks
 
 
 def entropy(p: np.ndarray) -> np.ndarray:

@@ -54,10 +54,10 @@ import numpy as np
 
 from emtdamp.config import load_config
 from emtdamp.data import DataError, load
+from emtdamp.loops.centralised import predict_in_chunks
 from emtdamp.methods import method_names
 from emtdamp.metrics import classification_metrics, regression_metrics
 from emtdamp.runs import method_of, run_config
-from emtdamp.train import predict_in_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "nuts"

@@ -11,12 +11,12 @@ import pytest
 
 from emtdamp import config as C
 from emtdamp.data import load
-from emtdamp.federated import get_fed_method
+from emtdamp.loops.centralised import train
 from emtdamp.methods import ModelSpec, get_method
 from emtdamp.methods.base import DataSpec
+from emtdamp.methods.registry import get_fed_method
 from emtdamp.models import cnn, mlp, network
 from emtdamp.runs import run_config
-from emtdamp.train import train
 
 IMG = DataSpec("classification", 6 * 5 * 2, 3, 10, image_shape=(6, 5, 2))
 

@@ -16,11 +16,12 @@ import pytest
 from emtdamp import config as C
 from emtdamp.data import load
 from emtdamp.divergence import DivergenceError, DivergenceGuard, DivergenceMonitor, grew_past
+from emtdamp.loops.centralised import train
 from emtdamp.methods import ModelSpec
-from emtdamp.methods import base as method_base
-from emtdamp.methods.base import Method, Predictive, hparam, register
+from emtdamp.methods import registry as method_registry
+from emtdamp.methods.base import Method, Predictive, hparam
+from emtdamp.methods.registry import register
 from emtdamp.runs import load_checkpoint
-from emtdamp.train import train
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,8 +61,8 @@ def register_unstable() -> None:
 @pytest.fixture
 def unstable(monkeypatch):
     """``unstable_gd`` in this process's registry for one test only (other tests list all methods)."""
-    monkeypatch.setitem(method_base._REGISTRY, "unstable_gd", _unstable_method)
-    return method_base.get_method("unstable_gd")
+    monkeypatch.setitem(method_registry._CENTRAL, "unstable_gd", _unstable_method)
+    return method_registry.get_method("unstable_gd")
 
 
 def _unstable_lr(factor: float = 1.6) -> float:
@@ -145,7 +146,7 @@ def test_cli_stops_an_unstable_run_keeps_last_good_checkpoint(tmp_path, unstable
 
 
 def test_vmapped_group_stops_naming_the_run(unstable):
-    from emtdamp.train import train_group
+    from emtdamp.loops.centralised import train_group
 
     data = load("boston")
     hp = UnstableHParams(learning_rate=_unstable_lr())

@@ -13,8 +13,10 @@ import pytest
 
 from emtdamp.data import load
 from emtdamp.data.partition import iid
-from emtdamp.federated import get_fed_method, local_batches, make_round_fn, python_loop_round, weighted_mean
+from emtdamp.loops.federated import make_round_fn, python_loop_round
 from emtdamp.methods import ModelSpec
+from emtdamp.methods.federated import local_batches, weighted_mean
+from emtdamp.methods.registry import get_fed_method
 
 
 def _setup(n_clients=4, name="fedavg", **hp):
@@ -101,7 +103,8 @@ def test_sharded_round_equals_single_device_round():
         import jax, jax.numpy as jnp, numpy as np
         from emtdamp.data import load
         from emtdamp.data.partition import iid
-        from emtdamp.federated import get_fed_method, make_round_fn
+        from emtdamp.methods.registry import get_fed_method
+        from emtdamp.loops.federated import make_round_fn
         from emtdamp.methods import ModelSpec
         assert len(jax.devices()) == 4, jax.devices()
         data = load("boston")

@@ -20,10 +20,10 @@ import emtdamp
 from emtdamp import cli
 from emtdamp.config import ConfigError
 from emtdamp.data import load
+from emtdamp.loops.centralised import train
 from emtdamp.methods import ModelSpec, get_method
 from emtdamp.methods.optax_baselines import OptaxHParams
 from emtdamp.models.mlp import to_flax_params
-from emtdamp.train import train
 
 MODULE_SOURCE = textwrap.dedent('''
     import jax

@@ -6,9 +6,9 @@ import pytest
 
 from emtdamp import config as C
 from emtdamp.data import load
-from emtdamp.federated import fed_method_names
+from emtdamp.loops.centralised import train
 from emtdamp.methods import ModelSpec, get_method, method_names
-from emtdamp.train import train
+from emtdamp.methods.registry import fed_method_names
 
 
 def _boston_hparams(name: str):

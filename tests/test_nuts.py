@@ -13,12 +13,12 @@ from scipy import stats
 
 from emtdamp import config as C
 from emtdamp.data import load
+from emtdamp.loops.centralised import train
 from emtdamp.methods import Batch, ModelSpec, get_method
 from emtdamp.nuts import bnn
 from emtdamp.nuts import diagnostics as diag
 from emtdamp.nuts.kernel import sample
 from emtdamp.runs import run_config
-from emtdamp.train import train
 
 # --------------------------------------------------------------------------------------------------
 # the sampler on the exact posterior of Bayesian linear regression
@@ -213,7 +213,7 @@ def test_nuts_run_folder_has_rhat_and_ess(tmp_path, capsys):
 @pytest.mark.slow
 def test_nuts_vmapped_group_equals_single_runs():
     """Two data splits as one vmapped program (sweep.vmap) give each split's single-run result."""
-    from emtdamp.train import train_group
+    from emtdamp.loops.centralised import train_group
 
     m = get_method("nuts")
     hp = m.hparams_cls(chains=2, warmup=6, draws=4, max_num_doublings=3)

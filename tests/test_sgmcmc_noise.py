@@ -23,12 +23,12 @@ import pytest
 from scipy import integrate, stats
 
 from emtdamp.data.base import make_regression
+from emtdamp.loops.centralised import train
 from emtdamp.methods import DataSpec, ModelSpec, get_method
 from emtdamp.methods.base import Batch
 from emtdamp.methods.sgmcmc_methods import _VARIANTS, SGMCMCHParams
 from emtdamp.models import mlp
 from emtdamp.sgmcmc.kernels import noise_conditional, sample_noise_variance, update_noise_variance_halfnormal
-from emtdamp.train import train
 
 
 def _z_bound(n_tests: int = 1, false_rate: float = 1e-6) -> float:

@@ -1,4 +1,4 @@
-"""Data splits x train seeds of a sweep as one vmapped program (emtdamp.train.train_group,
+"""Data splits x train seeds of a sweep as one vmapped program (emtdamp.loops.centralised.train_group,
 emtdamp.runs.run_group, ``sweep.vmap`` in ``emtdamp sweep``).
 
 The reference for every vmapped run is the sequential ``train`` of that run on its own dataset:
@@ -22,10 +22,10 @@ from emtdamp import config as C
 from emtdamp.data import load
 from emtdamp.data import registry as data_registry
 from emtdamp.data.base import make_regression
+from emtdamp.loops.centralised import NotVmappable, train, train_group
 from emtdamp.methods import ModelSpec, get_method
-from emtdamp.methods import base as method_base
+from emtdamp.methods import registry as method_registry
 from emtdamp.runs import SUMMARY_KEYS, load_checkpoint, run_group, vmap_groups
-from emtdamp.train import NotVmappable, train, train_group
 
 _ROOT = Path(__file__).resolve().parents[1]
 PARAM_ATOL = 2e-5
@@ -194,7 +194,7 @@ def test_fallback_when_the_method_does_not_vmap(tmp_path, capsys, monkeypatch):
         float(jax.random.uniform(key))  # a Python float from a traced value: fails under vmap
         return adam.init(key, model, spec, hp)
 
-    monkeypatch.setitem(method_base._REGISTRY, "_novmap",
+    monkeypatch.setitem(method_registry._CENTRAL, "_novmap",
                         lambda: dataclasses.replace(adam, name="_novmap", init=concrete_init))
     cfgs = [C.from_dict({"data": {"name": "boston", "seed": d}, "model": {"hidden": [4]},
                          "method": {"name": "_novmap"}, "output": {"plots": False, "checkpoint": False},

@@ -258,8 +258,20 @@ def test_predict_classification_probabilities():
     probs = jax.jit(functools.partial(tdamp.predict, task="classification"))(st, x)
     assert probs.shape == (20, 4)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
-    P, _ = tdamp.forward_moments(st, x)
-    np.testing.assert_array_equal(np.argmax(probs, 1), np.argmax(P, 1))
+    # against a NumPy/scipy transcription of the documented formula p(c) ∝ prod_{i≠c} Φ((P_c − P_i) /
+    # sqrt(v + VP_c + VP_i)). (An argmax(probs) == argmax(P) check is not implied by it: with unequal VP a
+    # near-tie of P can rank the other way, as row 14 here does: P_2 − P_3 = −3e-4, VP_2 < VP_3.)
+    from scipy.stats import norm
+
+    P, VP = (np.asarray(a, np.float64) for a in tdamp.forward_moments(st, x))
+    v = float(st.v)
+    logit = np.zeros(P.shape)
+    for c in range(P.shape[1]):
+        for i in range(P.shape[1]):
+            if i != c:
+                logit[:, c] += norm.logcdf((P[:, c] - P[:, i]) / np.sqrt(v + VP[:, c] + VP[:, i]))
+    ref = np.exp(logit - logit.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, ref / ref.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,8 +279,8 @@ def test_predict_classification_probabilities():
 # ------------------------------------------------------------------------------------------------
 def _method_run(name, epochs, hp_kwargs, subset=None, **data_opts):
     from emtdamp import data as D
+    from emtdamp.loops.centralised import train
     from emtdamp.methods import ModelSpec, get_method
-    from emtdamp.train import train
 
     ds = D.load(name, seed=0, **data_opts)
     if subset is not None:

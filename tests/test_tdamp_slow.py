@@ -8,8 +8,8 @@ pytestmark = pytest.mark.slow
 
 def _train(name, hidden, epochs, hp_kwargs, batch_size=32, dtype="float32", **data_opts):
     from emtdamp import data as D
+    from emtdamp.loops.centralised import train
     from emtdamp.methods import ModelSpec, get_method
-    from emtdamp.train import train
 
     ds = D.load(name, seed=0, **data_opts)
     m = get_method("emtdamp")

@@ -10,9 +10,9 @@ import pytest
 from emtdamp import cli
 from emtdamp import config as C
 from emtdamp.data import load
+from emtdamp.loops.centralised import epoch_batches, train
 from emtdamp.methods import Batch, ModelSpec, get_method
 from emtdamp.runs import SUMMARY_KEYS, load_checkpoint, run_config, save_checkpoint
-from emtdamp.train import epoch_batches, train
 
 
 def test_epoch_batches_cover_each_row_once_with_padding():
@@ -198,7 +198,7 @@ def test_loop_tolerates_a_state_whose_leaves_share_one_buffer():
 
 
 def test_vmapped_seeds_equal_separate_runs():
-    from emtdamp.train import train_seeds
+    from emtdamp.loops.centralised import train_seeds
 
     data = load("boston")
     m = get_method("adam")
@@ -212,7 +212,7 @@ def test_vmapped_seeds_equal_separate_runs():
 
 def test_vmapped_seed_curves_hold_every_kth_epoch_and_the_last():
     """train_seeds(curve_every=2) over 5 epochs evaluates epochs 2, 4 and 5; the last entry is the final test."""
-    from emtdamp.train import train_seeds
+    from emtdamp.loops.centralised import train_seeds
 
     data = load("boston")
     m = get_method("adam")

@@ -5,15 +5,10 @@ generators with known ground truth, and federated partitioners.
 module of this package registers its loaders on import.
 """
 
-import importlib
-import pkgutil
-
 from emtdamp.data.base import DataError, Dataset, make_classification, make_regression, model_inputs, validate_arrays
-from emtdamp.data.registry import dataset_names, load, loader_options, register_dataset
+from emtdamp.data.registry import dataset_names, load, load_all, loader_options, register_dataset
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name not in ("base", "registry"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+load_all()
 
-__all__ = ["DataError", "Dataset", "dataset_names", "load", "loader_options", "make_classification",
+__all__ = ["DataError", "Dataset", "dataset_names", "load", "load_all", "loader_options", "make_classification",
            "make_regression", "model_inputs", "register_dataset", "validate_arrays"]

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 
 from emtdamp.data.base import Dataset
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {}
+_NOT_LOADERS = {"base", "registry", "partition"}
+_loaded = False
+
+
+def load_all() -> None:
+    """Import every loader module of :mod:`emtdamp.data` once (each registers its datasets on import)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            if info.name not in _NOT_LOADERS:
+                importlib.import_module(f"emtdamp.data.{info.name}")
 
 
 def register_dataset(name: str):
@@ -27,8 +42,7 @@ def register_dataset(name: str):
 
 
 def loader(name: str) -> Callable[..., Dataset]:
-    import emtdamp.data  # noqa: F401  (fills the registry)
-
+    load_all()
     if name not in _LOADERS:
         raise KeyError(f"unknown dataset {name!r}; available datasets: {sorted(_LOADERS)}")
     return _LOADERS[name]
@@ -50,6 +64,5 @@ def load(name: str, seed: int = 0, **options) -> Dataset:
 
 
 def dataset_names() -> list[str]:
-    import emtdamp.data  # noqa: F401
-
+    load_all()
     return sorted(_LOADERS)

@@ -1,7 +1,7 @@
 """The contract every training method fulfils.
 
 A method is a bundle of pure functions over an explicit pytree state (the optax / BlackJAX
-pattern). The shared training loop (`emtdamp.train.loop`) owns the epochs, the shuffling and the
+pattern). The shared training loop (`emtdamp.loops.centralised`) owns the epochs, the shuffling and the
 minibatching; a method only says how one minibatch changes its state.
 
 Shapes used throughout
@@ -106,38 +106,6 @@ class Method:
     end_epoch: Callable[[PyTree, jax.Array], PyTree] | None = None
     description: str = ""
     diagnostics: Callable[[PyTree], dict] | None = None
-
-
-_REGISTRY: dict[str, Callable[[], Method]] = {}
-
-
-def register(name: str) -> Callable[[Callable[[], Method]], Callable[[], Method]]:
-    """Decorator registering a zero-argument factory that returns a :class:`Method`."""
-
-    def deco(factory: Callable[[], Method]) -> Callable[[], Method]:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} registered twice")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def get_method(name: str) -> Method:
-    """Look a method up by name; the error lists the registered names."""
-    from emtdamp.methods import load_all
-
-    load_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; registered methods: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]()
-
-
-def method_names() -> list[str]:
-    from emtdamp.methods import load_all
-
-    load_all()
-    return sorted(_REGISTRY)
 
 
 def hparam(default: Any, *, range: tuple[float, float] | None = None, choices: tuple | None = None,

@@ -43,7 +43,8 @@ import numpy as np
 from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_mcmc_step, flax_group_spec, make_hyper
 from emtdamp.em_mcmc.groups import weight_mask
 from emtdamp.losses import data_loss
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.registry import register
 from emtdamp.models.network import build_network, kernels
 from emtdamp.sgmcmc.samples import (
     SampleBuffer,

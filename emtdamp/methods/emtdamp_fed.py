@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from emtdamp import tdamp
-from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local
 from emtdamp.methods.base import DataSpec, ModelSpec, Predictive, hparam
 from emtdamp.methods.emtdamp_method import EmtdampHParams, tdamp_hparams, tdamp_predictive
+from emtdamp.methods.federated import FedMethod, FedSettings, scan_local
+from emtdamp.methods.registry import register_fed
 from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
 from emtdamp.tdamp.gaussian import bounds, clip_var

@@ -13,7 +13,8 @@ import dataclasses
 import jax.numpy as jnp
 
 from emtdamp import tdamp
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
 from emtdamp.tdamp.state import EVIDENCE_MODES, RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emtdamp.federated import FedMethod, FedSettings, register_fed, scan_local, weighted_mean
 from emtdamp.losses import data_loss, point_predictive
 from emtdamp.methods.base import Batch, DataSpec, ModelSpec, Predictive, hparam
+from emtdamp.methods.federated import FedMethod, FedSettings, scan_local, weighted_mean
+from emtdamp.methods.registry import register_fed
 from emtdamp.models import mlp
 from emtdamp.models.network import build_network
 

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.nuts import bnn, diagnostics
 from emtdamp.nuts.kernel import ChainState, Schedule, init_chain, make_schedule, transition

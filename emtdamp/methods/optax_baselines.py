@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from emtdamp.losses import data_loss, point_predictive
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.models.network import build_network, kernels
 

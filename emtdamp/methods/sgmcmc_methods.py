@@ -78,7 +78,8 @@ import jax.numpy as jnp
 import optax
 
 from emtdamp import sgmcmc as sg
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam, register
+from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.models.network import build_network
 from emtdamp.sgmcmc.kernels import sample_noise_variance, update_noise_variance_halfnormal
