@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install demo test test-slow lint bench fashion-data clean
+.PHONY: install demo test test-slow lint docs bench fashion-data clean
 
 install:
 	$(PIP) install -q -e '.[dev]'
@@ -24,6 +24,11 @@ test-slow: install
 lint: install
 	$(PYTHON) -m ruff check emtdamp tests scripts
 
+# The docs site (MkDocs + mkdocstrings: the Markdown of docs/ as it is, plus the API reference from the
+# docstrings); --strict turns every warning into an error. Output: build/site/.
+docs: install
+	$(PYTHON) -m mkdocs build --strict --quiet
+
 bench: install
 	$(PYTHON) scripts/benchmark.py
 	$(PYTHON) scripts/bench_tdamp.py
@@ -33,4 +38,4 @@ fashion-data:
 	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs build .pytest_cache .ruff_cache
