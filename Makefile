@@ -12,11 +12,13 @@ demo: install
 	$(PYTHON) scripts/demo.py
 
 # The default tier runs in TEST_WORKERS processes (pytest-xdist): most tests are bound by XLA compile time,
-# which is single-threaded, so two workers use both cores of the CI machine. TEST_WORKERS=0 runs in-process.
+# which is single-threaded, so two workers use both cores of the CI machine (worksteal: an idle worker takes
+# queued tests from the busy one, so a long test at the end does not leave a core idle). TEST_WORKERS=0 runs
+# in-process.
 TEST_WORKERS ?= 2
 
 test: install
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-slow: install
 	$(PYTHON) -m pytest -q -m slow
