@@ -125,10 +125,7 @@ def cmd_predict(args) -> int:
     from emtdamp.data import load
     from emtdamp.runs import load_run
 
-    run = load_run(args.run_dir)
-    if run.state is None:
-        raise FileNotFoundError(f"{run.dir / 'checkpoint.npz'} not found: is {run.dir} a run folder written by "
-                                "`emtdamp train` (with output.checkpoint: true)?")
+    run = load_run(args.run_dir)   # Run.predictive says so when the folder kept no checkpoint
     cfg = run.config
     if args.data.endswith(".npz"):
         with np.load(args.data) as f:

@@ -418,8 +418,6 @@ class Run:
             raise FileNotFoundError(f"{self.dir / 'checkpoint.npz'} not found: the run was written with "
                                     "output.checkpoint: false, so its state was not kept; train it again with "
                                     "output.checkpoint=true")
-        from emtdamp.loops.centralised import predict_in_chunks
-
         with jax.enable_x64(self.config.train.dtype == "float64"):
             return predict_in_chunks(self.method, self.state, np.asarray(x, np.float32))
 

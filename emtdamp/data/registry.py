@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
 from emtdamp.data.base import Dataset
+from emtdamp.plugins import import_submodules
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {}
 _NOT_LOADERS = {"base", "registry", "partition"}
-_loaded = False
 
 
 def load_all() -> None:
     """Import every loader module of :mod:`emtdamp.data` once (each registers its datasets on import)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-            if info.name not in _NOT_LOADERS:
-                importlib.import_module(f"emtdamp.data.{info.name}")
+    import_submodules("emtdamp.data", Path(__file__).parent, _NOT_LOADERS)
 
 
 def register_dataset(name: str):

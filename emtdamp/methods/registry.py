@@ -8,17 +8,16 @@ imported; the lookups import every module of :mod:`emtdamp.methods` once, on fir
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from emtdamp.plugins import import_submodules
 
 # modules of emtdamp.methods that define no method (the contracts, this registry, the chains wrapper)
 _NOT_METHODS = {"base", "registry", "federated", "chains"}
 _CENTRAL: dict[str, Callable[[], Any]] = {}
 _FEDERATED: dict[str, Callable[[], Any]] = {}
-_loaded = False
 
 
 def _register(table: dict, name: str) -> Callable:
@@ -44,12 +43,7 @@ def register_fed(name: str) -> Callable:
 
 def load_all() -> None:
     """Import every method module of :mod:`emtdamp.methods` once (each registers its methods)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-            if info.name not in _NOT_METHODS:
-                importlib.import_module(f"emtdamp.methods.{info.name}")
+    import_submodules("emtdamp.methods", Path(__file__).parent, _NOT_METHODS)
 
 
 def get_method(name: str):

@@ -206,15 +206,16 @@ def layer_keys(params: list | dict) -> list:
     return sorted(params, key=order)
 
 
+def _keys(path) -> tuple:
+    """A jax key path (``DictKey`` / ``SequenceKey`` / ``GetAttrKey`` entries) as a tuple of plain keys."""
+    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None))) for k in path)
+
+
 def kernel_paths(params: dict) -> list[tuple]:
     """Paths (key tuples) of the sub-dicts holding a leaf named ``kernel``, in tree-flatten order: the weight
     layers of a user flax module (``model.kind: flax``), e.g. ``[("Dense_0",), ("block", "proj")]``."""
-    out = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None))) for k in path)
-        if keys[-1] == "kernel":
-            out.append(keys[:-1])
-    return out
+    return [_keys(path)[:-1] for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+            if _keys(path)[-1] == "kernel"]
 
 
 def _node(tree, key):
@@ -359,7 +360,7 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         if cfg["kind"] == "flax":   # every leaf but the SSGL kernels (biases, norm scales, other kernels)
             ssgl = {cfg["keys"][i] for i in sparse}
             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-                keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None))) for k in path)
+                keys = _keys(path)
                 if not (keys[-1] == "kernel" and keys[:-1] in ssgl):
                     l2 = l2 + jnp.sum(leaf ** 2)
         else:
