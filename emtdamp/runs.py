@@ -34,9 +34,17 @@ import yaml
 from emtdamp import config as cfgmod
 from emtdamp.data import Dataset, load, model_inputs
 from emtdamp.divergence import DivergenceError, DivergenceGuard
-from emtdamp.loops.centralised import NotVmappable, TrainResult, predict_in_chunks, train, train_group
+from emtdamp.loops.centralised import (
+    NotVmappable,
+    TrainResult,
+    mixture_in_chunks,
+    predict_in_chunks,
+    train,
+    train_group,
+)
 from emtdamp.loops.federated import train_federated
 from emtdamp.methods import Method, Predictive, get_method
+from emtdamp.methods.base import Mixture
 from emtdamp.methods.chains import with_chains
 from emtdamp.methods.registry import get_fed_method
 from emtdamp.metrics import plot_reliability
@@ -193,7 +201,7 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
                     progress=cfg.train.progress if progress is None else progress, on_epoch=on_epoch,
                     on_checkpoint=on_checkpoint, resume=restore, divergence=divergence_guard(cfg))
     summary = _summary(cfg, data, res)
-    _finish(cfg, run_dir, summary, res.state, res.history, data, method)
+    _finish(cfg, run_dir, summary, res, data)
     return run_dir, summary, res
 
 
@@ -315,7 +323,7 @@ def _run_group_vmapped(cfgs, run_dirs: list[Path], progress):
     out = []
     for cfg, d, data, res in zip(cfgs, dirs, datasets, g.runs, strict=True):
         summary = _summary(cfg, data, res, vmapped_group=len(cfgs), group_time=g.time)
-        _finish(cfg, d, summary, res.state, res.history, data, method)
+        _finish(cfg, d, summary, res, data)
         out.append((d, summary, res))
     return out
 
@@ -332,12 +340,13 @@ def _model_summary(cfg, data) -> dict:
     return out
 
 
-def _finish(cfg, run_dir: Path, summary: dict, state, history: list, data, method) -> None:
-    if getattr(method, "diagnostics", None) is not None:  # MCMC convergence (R-hat / ESS), e.g. nuts
-        summary["diagnostics"] = diag = method.diagnostics(state)
+def _finish(cfg, run_dir: Path, summary: dict, res, data) -> None:
+    state, history, algo = res.state, res.history, res.algorithm
+    if getattr(algo, "diagnostics", None) is not None:  # MCMC convergence (R-hat / ESS), e.g. nuts
+        summary["diagnostics"] = diag = algo.diagnostics(state)
         high = {k: round(v, 3) for k, v in (diag.get("rhat") or {}).items() if v is not None and v > 1.05}
         if high:
-            print(f"warning: {method.name} chains have not converged ({run_dir}): R-hat > 1.05 for {high}; "
+            print(f"warning: {cfg.method.name} chains have not converged ({run_dir}): R-hat > 1.05 for {high}; "
                   "run longer (warmup/draws) or more chains", file=sys.stderr)
     _atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if cfg.output.checkpoint:
@@ -345,7 +354,7 @@ def _finish(cfg, run_dir: Path, summary: dict, state, history: list, data, metho
     if cfg.output.plots:
         plot_curves(history, data.spec.task, run_dir / "curves.png")
         if data.spec.task == "classification":
-            probs = predict_in_chunks(method, state, data.x_test).probs
+            probs = predict_in_chunks(algo, state, data.x_test).probs
             plot_reliability(probs, data.y_test, run_dir / "calibration.png",
                              title=f"{cfg.method.name} {cfg.data.name}")
 
@@ -357,7 +366,7 @@ def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
     summary = _summary(cfg, data, res, rounds=cfg.train.epochs, rounds_to_target=res.rounds_to_target,
                        target=cfg.method.hparams.target, bytes_per_round=res.bytes_per_round,
                        n_clients=cfg.method.hparams.n_clients, partition=cfg.method.hparams.partition)
-    _finish(cfg, run_dir, summary, res.state, res.history, data, fm)
+    _finish(cfg, run_dir, summary, res, data)
     return run_dir, summary, res
 
 
@@ -368,11 +377,24 @@ class Prediction(NamedTuple):
     observation noise; ``sd`` is its square root); ``probs`` is None. Classification: ``probs`` of shape
     ``(n, K)`` (rows sum to one); ``mean``/``var`` are None. For the sampling methods it is the mixture
     over their posterior samples (and chains), for EM-TDAMP its moment-propagated predictive.
+
+    ``intervals`` (regression, when levels were asked for): ``{level: (lower, upper)}`` central
+    predictive intervals ``(n, d_out)`` in target units, the quantiles ``(1 ∓ level)/2`` of the
+    predictive mixture (:mod:`emtdamp.predictive`). ``samples`` (when asked for): posterior-predictive
+    draws, regression ``(S, n, d_out)`` targets, classification ``(S, n)`` labels.
     """
 
     mean: np.ndarray | None = None
     var: np.ndarray | None = None
     probs: np.ndarray | None = None
+    intervals: dict | None = None
+    samples: np.ndarray | None = None
+
+    @property
+    def entropy(self) -> np.ndarray | None:
+        """Predictive entropy ``(n,)`` in nats (classification), None for regression."""
+        from emtdamp.predictive import entropy
+        return None if self.probs is None else entropy(self.probs)
 
     @property
     def sd(self) -> np.ndarray | None:
@@ -407,9 +429,11 @@ class Run:
         return load(c.name, seed=c.seed, **c.options)
 
     @functools.cached_property
-    def method(self):
-        """The method object that trained the run (centralised, with its chains, or federated)."""
-        return _method_and_template(self.config, self.data)[0]
+    def algorithm(self):
+        """The run's method built for its model, data and hyperparameters (an
+        :class:`~emtdamp.methods.base.Algorithm`, with its chains, or a federated
+        :class:`~emtdamp.methods.federated.FedAlgorithm`): its ``predict`` reads :attr:`state`."""
+        return _algorithm_and_template(self.config, self.data)[0]
 
     def predictive(self, x: np.ndarray) -> Predictive:
         """The method's own predictive on *model* inputs ``x (n, d)`` (already scaled like ``data.x_test``),
@@ -419,13 +443,25 @@ class Run:
                                     "output.checkpoint: false, so its state was not kept; train it again with "
                                     "output.checkpoint=true")
         with jax.enable_x64(self.config.train.dtype == "float64"):
-            return predict_in_chunks(self.method, self.state, np.asarray(x, np.float32))
+            return predict_in_chunks(self.algorithm, self.state, np.asarray(x, np.float32))
 
-    def predict(self, x_raw: np.ndarray) -> Prediction:
+    def mixture(self, x: np.ndarray) -> Mixture:
+        """The predictive on *model* inputs ``x (n, d)`` as its mixture components (one per kept posterior
+        sample and chain; one Gaussian for EM-TDAMP / adam), standardised units
+        (:class:`emtdamp.methods.base.Mixture`, numpy)."""
+        if self.state is None:
+            self.predictive(x[:0])   # the one-line "no checkpoint" error
+        with jax.enable_x64(self.config.train.dtype == "float64"):
+            return mixture_in_chunks(self.algorithm, self.state, np.asarray(x, np.float32))
+
+    def predict(self, x_raw: np.ndarray, *, levels: tuple[float, ...] = (), n_samples: int = 0,
+                seed: int = 0) -> Prediction:
         """Predictive on raw feature rows ``x_raw (n, d)``, in the units of the training data's own files
         (regression features before standardisation, image pixels 0-255), returned in original target units.
 
-        Raises ValueError (one line, naming the fix) for a wrong shape or NaN/inf rows.
+        ``levels``, e.g. ``(0.5, 0.9)``: central predictive intervals (regression); ``n_samples``: that many
+        posterior-predictive draws, reproducible from ``seed``. Both come from the predictive mixture.
+        Raises ValueError (one line, naming the fix) for a wrong shape, NaN/inf rows or bad levels.
         """
         x_raw = np.asarray(x_raw)
         d = self.data.spec.n_features
@@ -435,7 +471,20 @@ class Run:
         bad = ~np.isfinite(x_raw.astype(np.float64))
         if bad.any():
             raise ValueError(f"{int(bad.any(1).sum())} rows of x hold NaN/inf; drop or impute them first")
-        return self.to_original_units(self.predictive(model_inputs(self.data, x_raw)))
+        x = model_inputs(self.data, x_raw)
+        out = self.to_original_units(self.predictive(x))
+        if not levels and n_samples <= 0:
+            return out
+        from emtdamp.predictive import central_intervals, sample_mixture
+        if levels and out.probs is not None:
+            raise ValueError("predictive intervals are for regression; a classifier's predictive is its class "
+                             "probabilities (drop levels)")
+        mix = self.mixture(x)
+        if mix.mean is not None:
+            y_mean, y_std = self.data.y_mean, self.data.y_std
+            mix = mix._replace(mean=mix.mean * y_std + y_mean, var=mix.var * y_std ** 2)
+        return out._replace(intervals=central_intervals(mix, levels) if levels else None,
+                            samples=sample_mixture(mix, n_samples, seed) if n_samples > 0 else None)
 
     def to_original_units(self, pred: Predictive) -> Prediction:
         """A standardised :class:`~emtdamp.methods.Predictive` in the data's original target units."""
@@ -445,17 +494,16 @@ class Run:
         return Prediction(mean=np.asarray(pred.mean) * y_std + y_mean, var=np.asarray(pred.var) * y_std ** 2)
 
 
-def _method_and_template(cfg: cfgmod.Config, data: Dataset):
-    """The method of ``cfg`` and a freshly initialised state (the structure its checkpoint is restored into)."""
+def _algorithm_and_template(cfg: cfgmod.Config, data: Dataset):
+    """The built method of ``cfg`` and the shape of its state (the structure a checkpoint is restored into)."""
     fm = get_fed_method(cfg.method.name)
-    method = fm if fm is not None else method_of(cfg)
     with jax.enable_x64(cfg.train.dtype == "float64"):
-        key = jax.random.PRNGKey(cfg.train.seed)
         if fm is not None:
-            like = fm.init(key, cfg.model.spec(), data.spec, cfg.method.hparams, cfg.train.batch_size)
+            algo = fm.build(cfg.model.spec(), data.spec, cfg.method.hparams, cfg.train.batch_size)
         else:
-            like = method.init(key, cfg.model.spec(), data.spec, cfg.method.hparams)
-    return method, like
+            algo = method_of(cfg).build(cfg.model.spec(), data.spec, cfg.method.hparams)
+        like = jax.eval_shape(algo.init, jax.random.PRNGKey(cfg.train.seed))
+    return algo, like
 
 
 def _read_history(run_dir: Path) -> list[dict]:
@@ -536,8 +584,8 @@ def load_run(path: str | Path) -> Run:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     run = Run(dir=run_dir, config=cfg, summary=summary, history=_read_history(run_dir), state=None)
     if (run_dir / "checkpoint.npz").exists():
-        method, like = _method_and_template(cfg, run.data)
-        run.__dict__["method"] = method  # the cached_property, from the init that built the template
+        algo, like = _algorithm_and_template(cfg, run.data)
+        run.__dict__["algorithm"] = algo  # the cached_property, from the build that gave the template
         with jax.enable_x64(cfg.train.dtype == "float64"):
             run.state = load_checkpoint(run_dir / "checkpoint.npz", like)
     return run

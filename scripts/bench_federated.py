@@ -31,11 +31,12 @@ def bench(method: str, n_clients: int, rows_per_client: int, repeats: int, loop_
     y = np.tile(data.y_train, (reps, 1))[:n]
     fm = get_fed_method(method)
     hp = fm.hparams_cls(n_clients=n_clients, partition="iid")
-    server = fm.init(jax.random.PRNGKey(0), ModelSpec((64,)), data.spec, hp, 32)
+    algo = fm.build(ModelSpec((64,)), data.spec, hp, 32)
+    server = algo.init(jax.random.PRNGKey(0))
     cd = iid(x, y, n_clients, seed=0)
     X, Y, M, C = map(jnp.asarray, (cd.x, cd.y, cd.mask, cd.counts))
     key = jax.random.PRNGKey(1)
-    rf = make_round_fn(fm, n_clients, devices=jax.devices()[:1])
+    rf = make_round_fn(algo, n_clients, devices=jax.devices()[:1])
     jax.block_until_ready(rf(server, key, X, Y, M, C))  # compile
     jax.block_until_ready(rf(server, key, X, Y, M, C))  # warm-up
     t = time.perf_counter()
@@ -44,10 +45,10 @@ def bench(method: str, n_clients: int, rows_per_client: int, repeats: int, loop_
     jax.block_until_ready(out)
     t_vmap = (time.perf_counter() - t) / repeats
     sel = np.arange(n_clients)
-    jax.block_until_ready(python_loop_round(fm, server, key, X, Y, M, C, sel[:1]))  # compile
+    jax.block_until_ready(python_loop_round(algo, server, key, X, Y, M, C, sel[:1]))  # compile
     t = time.perf_counter()
     for r in range(loop_repeats):
-        out = python_loop_round(fm, server, jax.random.fold_in(key, r), X, Y, M, C, sel)
+        out = python_loop_round(algo, server, jax.random.fold_in(key, r), X, Y, M, C, sel)
     jax.block_until_ready(out)
     t_loop = (time.perf_counter() - t) / loop_repeats
     return t_vmap, t_loop

@@ -54,13 +54,12 @@ def main(argv=None) -> int:
             mu, sd = raw.x_train.mean(0), raw.x_train.std(0) + 0.1
             x_ood = ((x_ood - mu) / sd).astype(np.float32)
         fm = get_fed_method(cfg.method.name)
-        method = fm or method_of(cfg)
         key = jax.random.PRNGKey(cfg.train.seed)
-        like = (fm.init(key, cfg.model.spec(), data.spec, cfg.method.hparams, cfg.train.batch_size) if fm
-                else method.init(key, cfg.model.spec(), data.spec, cfg.method.hparams))
-        state = load_checkpoint(run_dir / "checkpoint.npz", like)
-        h_in = entropy(predict_in_chunks(method, state, data.x_test).probs)
-        h_out = entropy(predict_in_chunks(method, state, x_ood).probs)
+        algo = (fm.build(cfg.model.spec(), data.spec, cfg.method.hparams, cfg.train.batch_size) if fm
+                else method_of(cfg).build(cfg.model.spec(), data.spec, cfg.method.hparams))
+        state = load_checkpoint(run_dir / "checkpoint.npz", jax.eval_shape(algo.init, key))
+        h_in = entropy(predict_in_chunks(algo, state, data.x_test).probs)
+        h_out = entropy(predict_in_chunks(algo, state, x_ood).probs)
         print(f"{str(run_dir)[-39:]:<40}{cfg.method.name:<12}{h_in.mean():>8.3f}{h_out.mean():>8.3f}"
               f"{auroc(h_in, h_out):>8.3f}")
     return 0

@@ -57,7 +57,7 @@ from emtdamp.data import DataError, load
 from emtdamp.loops.centralised import predict_in_chunks
 from emtdamp.methods import method_names
 from emtdamp.metrics import classification_metrics, regression_metrics
-from emtdamp.runs import method_of, run_config
+from emtdamp.runs import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "nuts"
@@ -214,10 +214,7 @@ def run_method(problem: str, method: str, data_seed: int, runs_root: Path, quick
     _, summary, res = run_config(cfg, run_dir, progress=False)
     seconds = time.perf_counter() - t0
     data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
-    # a fresh instance of the method, initialised once so that its static closure (network, task) is set as
-    # in training; it then predicts from the trained state (as scripts/ood_entropy.py does)
-    m = method_of(cfg)
-    m.init(jax.random.PRNGKey(cfg.train.seed), cfg.model.spec(), data.spec, cfg.method.hparams)
+    m = res.algorithm   # the built method that trained the state
     out = {"method": method, "seconds": seconds, "summary": summary, "data": data, "cfg": cfg,
            "test_pred": predict_in_chunks(m, res.state, data.x_test)}
     if problem == "gap":

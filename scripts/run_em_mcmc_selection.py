@@ -57,13 +57,14 @@ def train(method, hparams, ds, hidden, activation, epochs: int, batch_size: int,
     key = jax.random.key(seed)
     k_init, k_data = jax.random.split(key)
     model = ModelSpec(hidden=tuple(hidden), activation=activation)
-    state = method.init(k_init, model, ds.spec, hparams)
+    algo = method.build(model, ds.spec, hparams)
+    state = algo.init(k_init)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
 
     def one_epoch(state, epoch):
         batches = _batches(jax.random.fold_in(k_data, epoch), x, y, batch_size)
-        state, metrics = jax.lax.scan(method.step, state, batches)
-        state = method.end_epoch(state, epoch)
+        state, metrics = jax.lax.scan(algo.step, state, batches)
+        state = algo.end_epoch(state, epoch)
         return state, jnp.mean(metrics["loss"])
 
     @jax.jit
@@ -78,15 +79,15 @@ def train(method, hparams, ds, hidden, activation, epochs: int, batch_size: int,
         state, losses = run_chunk(state, jnp.arange(e, e + n, dtype=jnp.int32))
         e += n
         if e % log_every == 0 or e == epochs:
-            sp = method.sparsity(state)
+            sp = algo.sparsity(state)
             log.append((e, float(losses[-1])))
             print(f"  epoch {e:5d}  loss {float(losses[-1]):.4f}  groups pruned "
                   f"{sp['neurons_pruned_frac']:.4f}  ({time.time() - t0:.0f}s)", flush=True)
-    return state, log
+    return state, log, algo
 
 
-def evaluate(name: str, method, state, ds) -> dict:
-    pred = method.predict(state, jnp.asarray(ds.x_test))
+def evaluate(name: str, algo, state, ds) -> dict:
+    pred = algo.predict(state, jnp.asarray(ds.x_test))
     if ds.spec.task == "regression":
         mse_std = float(jnp.mean((pred.mean - ds.y_test) ** 2))
         metric = mse_std * float(ds.y_std[0] ** 2)
@@ -102,7 +103,7 @@ def evaluate(name: str, method, state, ds) -> dict:
     zeros = sum(int(jnp.sum(v == 0)) for v in leaves)
     return {"metric": metric, "kept_inputs": [int(i) for i in kept], "true_kept": set(support) <= set(kept),
             "null_removed_frac": null_removed, "sparsity_all_params": zeros / n_all,
-            **method.sparsity(state)}
+            **algo.sparsity(state)}
 
 
 def run(which: str, epochs: int | None, seed: int | None, overrides: dict | None = None) -> dict:
@@ -119,9 +120,9 @@ def run(which: str, epochs: int | None, seed: int | None, overrides: dict | None
     print(f"[{which}] {d['name']} P={ds.spec.n_features} net {ds.spec.n_features}-"
           f"{'-'.join(map(str, m['hidden']))}-{ds.spec.n_outputs}, {ep} epochs", flush=True)
     t0 = time.time()
-    state, _ = train(method, hp, ds, m["hidden"], m.get("activation", "relu"), ep, tr["batch_size"],
+    state, _, algo = train(method, hp, ds, m["hidden"], m.get("activation", "relu"), ep, tr["batch_size"],
                      tr.get("seed", 0) if seed is None else seed)
-    res = evaluate(which, method, state, ds)
+    res = evaluate(which, algo, state, ds)
     res["seconds"] = time.time() - t0
     res["epochs"] = ep
     return res

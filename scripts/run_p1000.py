@@ -107,11 +107,13 @@ def main(argv=None):
         if has_noise:
             hps = {m: dataclasses.replace(hp, noise="sa") if m != "sgld" else
                    dataclasses.replace(hp, noise="fixed", likelihood_var=hp.sigma_init ** 2) for m in METHODS}
-        sts = [methods[m].init(key, model, ds.spec, hps[m]) for m in METHODS]   # same init and noise per draw
+        algos = {m: methods[m].build(model, ds.spec, hps[m]) for m in METHODS}
+        sts = [algos[m].init(key) for m in METHODS]   # same init and noise per draw
         draw_states.append(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *sts))
     state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *draw_states)     # (draws, methods, ...)
-    # every variant is one step function whose behaviour is in the state's arrays
-    step = jax.vmap(jax.vmap(methods["sgld_sa"].step, in_axes=(0, None)), in_axes=(0, 0))
+    # every variant is one step function whose behaviour is in the state's arrays (ω schedule, latents, s²):
+    # sgld_sa's step (noise='sa': s² = σ²) is exact for sgld too, whose σ² stays at likelihood_var (ω ≡ 0)
+    step = jax.vmap(jax.vmap(algos["sgld_sa"].step, in_axes=(0, None)), in_axes=(0, 0))
 
     x = jnp.asarray(np.stack([ds.x_train for ds in dss]), dtype)   # (D, n, p)
     y = jnp.asarray(np.stack([ds.y_train for ds in dss]), dtype)   # (D, n, 1)

@@ -37,15 +37,16 @@ def test_each_chain_equals_its_own_run(name):
     hp = m.hparams_cls()
     spec = ModelSpec((8,))
     k = 3
-    wrapped = with_chains(m, k)
+    wrapped = with_chains(m, k).build(spec, data.spec, hp)
+    algo = m.build(spec, data.spec, hp)
     key = jax.random.PRNGKey(7)
-    states = wrapped.init(key, spec, data.spec, hp)
-    singles = [m.init(kk, spec, data.spec, hp) for kk in jax.random.split(key, k)]
+    states = wrapped.init(key)
+    singles = [algo.init(kk) for kk in jax.random.split(key, k)]
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     for b in range(4):
         batch = Batch(x[b * 32:(b + 1) * 32], y[b * 32:(b + 1) * 32], jnp.ones(32))
         states, metrics = wrapped.step(states, batch)
-        outs = [m.step(s, batch) for s in singles]
+        outs = [algo.step(s, batch) for s in singles]
         singles = [o[0] for o in outs]
         np.testing.assert_allclose(metrics["loss"], np.mean([o[1]["loss"] for o in outs]), rtol=1e-5)
     for i, s in enumerate(singles):
@@ -53,7 +54,7 @@ def test_each_chain_equals_its_own_run(name):
             np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64), rtol=2e-5, atol=1e-6)
     xt = jnp.asarray(data.x_test)
     pred = wrapped.predict(states, xt)
-    per = [m.predict(s, xt) for s in singles]
+    per = [algo.predict(s, xt) for s in singles]
     mu = np.stack([p.mean for p in per])
     np.testing.assert_allclose(pred.mean, mu.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred.var, np.stack([p.var for p in per]).mean(0) + mu.var(0), rtol=1e-4, atol=1e-6)
@@ -93,7 +94,8 @@ def test_diagnostics_rhat_flags_disagreeing_chains():
         bufs = [_scalar_buffer(list(d), 200) for d in draws]
         return {"s2": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *bufs)}
 
-    wrapped = with_chains(get_method("sghmc"), 4)
+    m = get_method("sghmc")
+    wrapped = with_chains(m, 4).build(ModelSpec((8,)), load("boston").spec, m.hparams_cls())
     ok, off = wrapped.diagnostics(state(good)), wrapped.diagnostics(state(bad))
     assert ok["chains"] == 4 and ok["samples_per_chain"] == 200
     np.testing.assert_allclose(ok["rhat"]["['s2']"], float(split_rhat(good[:, :, None]).max()), rtol=1e-9)

@@ -148,10 +148,10 @@ def test_cnn_on_bad_data_raises_naming_the_fix():
         network.build_network(ModelSpec(kind="cnn", conv=(2, 2, 2)), DataSpec("classification", 50, 2, 9, (5, 5, 2)))
     with pytest.raises(ValueError, match="unknown model.kind 'rnn'"):
         network.build_network(ModelSpec(kind="rnn"), IMG)
-    # through a method's init too (the error a user sees from `emtdamp train`)
+    # through a method's build too (the error a user sees from `emtdamp train`)
     m = get_method("adam")
     with pytest.raises(ValueError, match="no image_shape"):
-        m.init(jax.random.PRNGKey(0), model, DataSpec("regression", 13, 1, 400), m.hparams_cls())
+        m.build(model, DataSpec("regression", 13, 1, 400), m.hparams_cls())
 
 
 # ----------------------------------------------------------------------------- data image shapes
@@ -281,9 +281,9 @@ def test_methods_without_cnn_support_raise_at_init():
         fm = get_fed_method(name)
         with pytest.raises(ValueError, match=f"method {name} supports model.kind=mlp only"):
             if fm is not None:
-                fm.init(jax.random.PRNGKey(0), model, IMG, hp, 10)
+                fm.build(model, IMG, hp, 10)
             else:
-                get_method(name).init(jax.random.PRNGKey(0), model, IMG, hp)
+                get_method(name).build(model, IMG, hp)
 
 
 def test_fedavg_trains_the_cnn(mnist400, tmp_path):

@@ -437,32 +437,33 @@ def _method_run(task):
     else:
         y = (x[:, 0] > 0).astype(np.int32)
         spec = DataSpec("classification", d, 2, n)
-    state = method.init(jax.random.key(0), ModelSpec(hidden=(8,)), spec, hp)
+    algo = method.build(ModelSpec(hidden=(8,)), spec, hp)
+    state = algo.init(jax.random.key(0))
     bs = 16
     nb = -(-n // bs)
     pad = nb * bs - n
     xb = np.concatenate([x, x[:pad]]).reshape(nb, bs, d)
     yb = np.concatenate([y, y[:pad]]).reshape(nb, bs, *y.shape[1:])
     wb = np.concatenate([np.ones(n), np.zeros(pad)]).astype(np.float32).reshape(nb, bs)
-    epoch_fn = jax.jit(lambda s, b: jax.lax.scan(method.step, s, b))
-    end = jax.jit(method.end_epoch)
+    epoch_fn = jax.jit(lambda s, b: jax.lax.scan(algo.step, s, b))
+    end = jax.jit(algo.end_epoch)
     for e in range(4):
         state, metrics = epoch_fn(state, Batch(jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(wb)))
         state = end(state, jnp.asarray(e, jnp.int32))
-    return method, state, x, metrics
+    return algo, state, x, metrics
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_method_loop(task):
-    method, state, x, metrics = _method_run(task)
+    algo, state, x, metrics = _method_run(task)
     assert int(state.opt.hyper.steps_per_epoch) == 4   # measured by end_epoch
     assert np.all(np.isfinite(np.asarray(metrics["loss"])))
-    pred = method.predict(state, jnp.asarray(x))
+    pred = algo.predict(state, jnp.asarray(x))
     if task == "regression":
         assert pred.mean.shape == (50, 1) and np.all(np.asarray(pred.var) > 0)
     else:
         np.testing.assert_allclose(np.asarray(pred.probs).sum(1), 1.0, rtol=1e-5)
-    sp = method.sparsity(state)
+    sp = algo.sparsity(state)
     # one-shot target 0.5 per layer: 5 of 10 input groups and 4 of 8 hidden groups (at least)
     assert sp["neurons_pruned_frac"] >= 9 / 18 - 1e-9
     assert 0 < sp["weights_zero_frac"] < 1
@@ -473,7 +474,7 @@ def test_compact_equal_predictions():
     """compact_mlp gives a physically smaller network with the same predictions."""
     from emtdamp.em_mcmc import compact_mlp
 
-    method, state, x, _ = _method_run("regression")
+    algo, state, x, _ = _method_run("regression")
     small, inputs = compact_mlp(state.params, state.opt.keep)
     assert small[0]["kernel"].shape[0] == len(inputs) < 10
     assert small[0]["kernel"].shape[1] < 8 and small[1]["kernel"].shape[0] == small[0]["kernel"].shape[1]
@@ -489,8 +490,9 @@ def test_padding_rows_contribute_nothing():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 5)).astype(np.float32)
     y = rng.normal(size=(12, 1)).astype(np.float32)
-    s0 = method.init(jax.random.key(0), ModelSpec(hidden=(4,)), DataSpec("regression", 5, 1, 100), hp)
-    step = jax.jit(method.step)
+    algo = method.build(ModelSpec(hidden=(4,)), DataSpec("regression", 5, 1, 100), hp)
+    s0 = algo.init(jax.random.key(0))
+    step = jax.jit(algo.step)
     s_a, _ = step(s0, Batch(jnp.asarray(x[:8]), jnp.asarray(y[:8]), jnp.ones(8)))
     s_b, _ = step(s0, Batch(jnp.asarray(x), jnp.asarray(y * 0 + 99.0).at[:8].set(y[:8]),
                                    jnp.asarray(np.r_[np.ones(8), np.zeros(4)], jnp.float32)))

@@ -52,8 +52,9 @@ def test_predictive_is_mixture_of_collected_iterates(task):
     hp = method.hparams_cls(noise="posterior", learn_noise=task == "regression", sparse=False, c2_peak=0.05,
                             beta1=0.9, burn_in=burn_epochs, thin=thin, n_samples=size)
     x, y, spec = _toy(task)
-    state = method.init(jax.random.key(0), ModelSpec(hidden=(5,)), spec, hp)
-    step, end = jax.jit(method.step), jax.jit(method.end_epoch)
+    algo = method.build(ModelSpec(hidden=(5,)), spec, hp)
+    state = algo.init(jax.random.key(0))
+    step, end = jax.jit(algo.step), jax.jit(algo.end_epoch)
     nb = len(x) // bs
     trajectory = []                    # params after every step, with the step number k (1-based)
     k = 0
@@ -79,7 +80,7 @@ def test_predictive_is_mixture_of_collected_iterates(task):
     np.testing.assert_allclose(np.asarray(buffer_weights(state.samples)), np.full(size, 1 / size), rtol=1e-6)
 
     xt = np.random.default_rng(5).normal(size=(7, x.shape[1])).astype(np.float32)
-    pred = jax.jit(method.predict)(state, jnp.asarray(xt))
+    pred = jax.jit(algo.predict)(state, jnp.asarray(xt))
     outs = np.stack([_np_mlp(p, xt) for p, _ in last])                # (S, n, d)
     if task == "regression":
         noise = np.mean([v for _, v in last])                          # mixture of N(f_s, v_s)
@@ -98,10 +99,11 @@ def test_predictive_before_burn_in_is_current_iterate():
     method = get_method("em_mcmc")
     hp = method.hparams_cls(burn_in=100, learn_noise=True, noise_init=0.7)
     x, y, spec = _toy("regression")
-    state = method.init(jax.random.key(1), ModelSpec(hidden=(5,)), spec, hp)
-    state, _ = jax.jit(method.step)(state, Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(len(x))))
+    algo = method.build(ModelSpec(hidden=(5,)), spec, hp)
+    state = algo.init(jax.random.key(1))
+    state, _ = jax.jit(algo.step)(state, Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(len(x))))
     assert int(state.samples.n_collected) == 0
-    pred = jax.jit(method.predict)(state, jnp.asarray(x))
+    pred = jax.jit(algo.predict)(state, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(pred.mean), _np_mlp(state.params, x), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(pred.var), 0.7, rtol=1e-6)
 
@@ -133,7 +135,8 @@ def test_noise_mstep_closed_form_on_fixed_model():
     method = get_method("em_mcmc")
     hp = method.hparams_cls(learn_noise=True, noise="posterior", c2_peak=0.0, sparse=False)
     x, y, spec = _toy("regression", n=37)
-    state = method.init(jax.random.key(3), ModelSpec(hidden=(5,)), spec, hp)
+    algo = method.build(ModelSpec(hidden=(5,)), spec, hp)
+    state = algo.init(jax.random.key(3))
     state = state.replace(opt=state.opt._replace(momentum=jax.tree_util.tree_map(jnp.zeros_like,
                                                                                  state.opt.momentum)))
     p0 = jax.tree_util.tree_map(np.asarray, state.params)
@@ -142,10 +145,10 @@ def test_noise_mstep_closed_form_on_fixed_model():
     xb = np.concatenate([x, x[:pad]]).reshape(-1, bs, x.shape[1])
     yb = np.concatenate([y, 99 + y[:pad]]).reshape(-1, bs, 1)
     wb = np.r_[np.ones(len(x)), np.zeros(pad)].astype(np.float32).reshape(-1, bs)
-    state, _ = jax.lax.scan(method.step, state, Batch(jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(wb)))
+    state, _ = jax.lax.scan(algo.step, state, Batch(jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(wb)))
     for a, b in zip(jax.tree_util.tree_leaves(p0), jax.tree_util.tree_leaves(state.params), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))                # the model did not move
-    state = jax.jit(method.end_epoch)(state, jnp.asarray(0, jnp.int32))
+    state = jax.jit(algo.end_epoch)(state, jnp.asarray(0, jnp.int32))
     v_closed = np.mean((_np_mlp(p0, x) - y) ** 2)
     np.testing.assert_allclose(float(state.noise_var), v_closed, rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(state.rss), 0.0)          # accumulators reset
@@ -158,8 +161,7 @@ def test_learn_noise_refuses_loss_scale():
     method = get_method("em_mcmc")
     x, y, spec = _toy("regression")
     with pytest.raises(ValueError, match="loss_scale"):
-        method.init(jax.random.key(0), ModelSpec(hidden=(5,)), spec, method.hparams_cls(learn_noise=True,
-                                                                                          loss_scale=2.0))
+        method.build(ModelSpec(hidden=(5,)), spec, method.hparams_cls(learn_noise=True, loss_scale=2.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,11 +203,12 @@ def test_posterior_noise_samples_exact_blr_posterior():
     hp = method.hparams_cls(noise="posterior", sparse=False, c2_peak=0.02, beta1=0.9, eps1=eps, eps_bias=eps,
                             loss_scale=loss_scale, steps_per_epoch=1, burn_in=burn, thin=thin,
                             n_samples=(steps - burn) // thin)
-    state = method.init(jax.random.key(7), ModelSpec(hidden=()), DataSpec("regression", d, 1, n), hp)
+    algo = method.build(ModelSpec(hidden=()), DataSpec("regression", d, 1, n), hp)
+    state = algo.init(jax.random.key(7))
     batch = Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(n))
 
     def body(s, _):
-        return method.step(s, batch)[0], None
+        return algo.step(s, batch)[0], None
 
     state, _ = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps))(state)
     ring = ring_samples(state.samples)
@@ -238,9 +241,10 @@ def test_reference_noise_is_colder_than_posterior():
     hp = method.hparams_cls(noise="reference", temperature_power=1.0, sparse=False, c2_peak=0.02, beta1=0.9,
                             eps1=1 / n, eps_bias=1 / n, loss_scale=0.5, steps_per_epoch=1, burn_in=2000,
                             thin=4, n_samples=1000)
-    state = method.init(jax.random.key(7), ModelSpec(hidden=()), DataSpec("regression", d, 1, n), hp)
+    algo = method.build(ModelSpec(hidden=()), DataSpec("regression", d, 1, n), hp)
+    state = algo.init(jax.random.key(7))
     batch = Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(n))
-    state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, _: (method.step(c, batch)[0], None), s, None,
+    state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, _: (algo.step(c, batch)[0], None), s, None,
                                               length=6000))(state)
     k = np.asarray(ring_samples(state.samples)["params"][0]["kernel"])[:, :, 0]
     x1 = np.c_[x, np.ones(n)]

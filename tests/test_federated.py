@@ -23,9 +23,10 @@ def _setup(n_clients=4, name="fedavg", **hp):
     data = load("boston")
     fm = get_fed_method(name)
     hps = fm.hparams_cls(n_clients=n_clients, partition="iid", **hp)
-    server = fm.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec, hps, 16)
+    algo = fm.build(ModelSpec((8,)), data.spec, hps, 16)
+    server = algo.init(jax.random.PRNGKey(0))
     cd = iid(data.x_train, data.y_train, n_clients, seed=0)
-    return fm, server, cd
+    return algo, server, cd
 
 
 def _leaves_close(a, b, rtol=1e-5, atol=1e-6):
@@ -46,18 +47,18 @@ def test_local_batches_put_real_rows_first_independent_of_padding():
 
 
 def test_vmapped_round_matches_python_loop_over_clients():
-    fm, server, cd = _setup()
+    algo, server, cd = _setup()
     X, Y, M, C = map(jnp.asarray, (cd.x, cd.y, cd.mask, cd.counts))
     key = jax.random.PRNGKey(7)
-    new, sel = make_round_fn(fm, 4, devices=jax.devices()[:1])(server, key, X, Y, M, C)
-    ref = python_loop_round(fm, server, key, X, Y, M, C, np.asarray(sel))
+    new, sel = make_round_fn(algo, 4, devices=jax.devices()[:1])(server, key, X, Y, M, C)
+    ref = python_loop_round(algo, server, key, X, Y, M, C, np.asarray(sel))
     _leaves_close(new, ref)
 
 
 def test_client_sampling_selects_distinct_clients_and_aggregates_only_them():
-    fm, server, cd = _setup(n_clients=5)
+    algo, server, cd = _setup(n_clients=5)
     X, Y, M, C = map(jnp.asarray, (cd.x, cd.y, cd.mask, cd.counts))
-    rf = make_round_fn(fm, 2, devices=jax.devices()[:1])
+    rf = make_round_fn(algo, 2, devices=jax.devices()[:1])
     seen = set()
     for r in range(6):
         key = jax.random.PRNGKey(100 + r)
@@ -65,34 +66,34 @@ def test_client_sampling_selects_distinct_clients_and_aggregates_only_them():
         sel = np.asarray(sel)
         assert len(sel) == 2 and len(set(sel.tolist())) == 2 and sel.max() < 5
         seen.update(sel.tolist())
-        _leaves_close(new, python_loop_round(fm, server, key, X, Y, M, C, sel))
+        _leaves_close(new, python_loop_round(algo, server, key, X, Y, M, C, sel))
     assert len(seen) > 2  # different rounds draw different clients
 
 
 def test_padding_rows_change_nothing_in_a_client_update():
-    fm, server, cd = _setup()
+    algo, server, cd = _setup()
     x, y, m = cd.x[0], cd.y[0], cd.mask[0]
     pad = 37
     xp = np.concatenate([x, 9 * np.ones((pad, x.shape[1]), x.dtype)])
     yp = np.concatenate([y, 9 * np.ones((pad, 1), y.dtype)])
     mp = np.concatenate([m, np.zeros(pad, m.dtype)])
     key = jax.random.PRNGKey(3)
-    a = fm.client_update(server, jnp.asarray(x), jnp.asarray(y), jnp.asarray(m), key)
-    b = fm.client_update(server, jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mp), key)
+    a = algo.client_update(server, jnp.asarray(x), jnp.asarray(y), jnp.asarray(m), key)
+    b = algo.client_update(server, jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mp), key)
     _leaves_close(a, b)
 
 
 def test_aggregation_identical_posteriors_and_order_invariance():
-    fm, server, cd = _setup()
+    algo, server, cd = _setup()
     k = 5
     same = jax.tree_util.tree_map(lambda a: jnp.stack([a] * k), server)
-    _leaves_close(fm.aggregate(server, same, jnp.arange(1.0, k + 1)), server)
+    _leaves_close(algo.aggregate(server, same, jnp.arange(1.0, k + 1)), server)
     msgs = jax.tree_util.tree_map(
         lambda a: jnp.stack([a + 0.1 * i for i in range(k)]), server)
     w = jnp.asarray([3.0, 1.0, 4.0, 1.0, 5.0])
     perm = jnp.asarray([4, 2, 0, 3, 1])
-    _leaves_close(fm.aggregate(server, msgs, w),
-                  fm.aggregate(server, jax.tree_util.tree_map(lambda a: a[perm], msgs), w[perm]))
+    _leaves_close(algo.aggregate(server, msgs, w),
+                  algo.aggregate(server, jax.tree_util.tree_map(lambda a: a[perm], msgs), w[perm]))
     wm = weighted_mean({"a": jnp.asarray([[1.0], [3.0]])}, jnp.asarray([1.0, 3.0]))
     np.testing.assert_allclose(wm["a"], [2.5])
 
@@ -111,12 +112,13 @@ def test_sharded_round_equals_single_device_round():
         for name in ("fedavg", "emtdamp_fed"):
             fm = get_fed_method(name)
             hp = fm.hparams_cls(n_clients=6, partition="iid")
-            server = fm.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec, hp, 16)
+            algo = fm.build(ModelSpec((8,)), data.spec, hp, 16)
+            server = algo.init(jax.random.PRNGKey(0))
             cd = iid(data.x_train, data.y_train, 6, seed=0)
             args = [jnp.asarray(a) for a in (cd.x, cd.y, cd.mask, cd.counts)]
             key = jax.random.PRNGKey(2)
-            one, _ = make_round_fn(fm, 6, devices=jax.devices()[:1])(server, key, *args)
-            four, _ = make_round_fn(fm, 6, devices=jax.devices())(server, key, *args)
+            one, _ = make_round_fn(algo, 6, devices=jax.devices()[:1])(server, key, *args)
+            four, _ = make_round_fn(algo, 6, devices=jax.devices())(server, key, *args)
             for u, v in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four)):
                 np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-6)
         print("SHARDED_OK")
@@ -139,11 +141,12 @@ def test_emtdamp_fed_one_client_round_equals_a_centralized_tdamp_pass(x64):
     data = load("boston")
     fm = get_fed_method("emtdamp_fed")
     hp = fm.hparams_cls(n_clients=1, partition="iid", sigma0_sq=0.01)
-    server = fm.init(jax.random.PRNGKey(0), ModelSpec((16,)), data.spec, hp, 32)
+    algo = fm.build(ModelSpec((16,)), data.spec, hp, 32)
+    server = algo.init(jax.random.PRNGKey(0))
     cd = iid(data.x_train.astype(np.float64), data.y_train.astype(np.float64), 1, seed=0)
     X, Y, M, C = map(jnp.asarray, (cd.x, cd.y, cd.mask, cd.counts))
     key = jax.random.PRNGKey(4)
-    new, sel = make_round_fn(fm, 1, devices=jax.devices()[:1])(server, key, X, Y, M, C)
+    new, sel = make_round_fn(algo, 1, devices=jax.devices()[:1])(server, key, X, Y, M, C)
     # the same pass, centralized: identical minibatch order (the client's local key)
     k_loc = jax.random.split(jax.random.split(key)[1], 1)[0]
     e_key = jax.random.split(k_loc, 1)[0]
@@ -167,29 +170,31 @@ def _fed_setup(rule, n=3):
     data = load("boston")
     fm = get_fed_method("emtdamp_fed")
     hp = fm.hparams_cls(n_clients=n, partition="iid", aggregation=rule, sigma0_sq=0.01)
-    server = fm.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec, hp, 32)
+    algo = fm.build(ModelSpec((8,)), data.spec, hp, 32)
+    server = algo.init(jax.random.PRNGKey(0))
     cd = iid(data.x_train, data.y_train, n, seed=0)
-    return fm, server, cd
+    return algo, server, cd
 
 
 def test_emtdamp_fed_aggregation_of_identical_posteriors_and_client_order():
-    fm, server, cd = _fed_setup("geometric")
-    local = jax.jit(fm.client_update)(server, *map(jnp.asarray, (cd.x[0], cd.y[0], cd.mask[0])), jax.random.PRNGKey(1))
+    algo, server, cd = _fed_setup("geometric")
+    local = jax.jit(algo.client_update)(server, *map(jnp.asarray, (cd.x[0], cd.y[0], cd.mask[0])),
+                                        jax.random.PRNGKey(1))
     same = jax.tree_util.tree_map(lambda a: jnp.stack([a] * 4), local)
-    agg = fm.aggregate(server, same, jnp.asarray([10.0, 20.0, 30.0, 40.0]))
+    agg = algo.aggregate(server, same, jnp.asarray([10.0, 20.0, 30.0, 40.0]))
     for a, b in zip(agg.layers, local.layers, strict=True):
         np.testing.assert_allclose(a.mu0, b.mu0, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a.s0, b.s0, rtol=1e-5)
         np.testing.assert_allclose(a.rho, b.rho, rtol=1e-5)
     for rule in ("geometric", "product", "tempered"):
-        fm, server, cd = _fed_setup(rule)
+        algo, server, cd = _fed_setup(rule)
         keys = jax.random.split(jax.random.PRNGKey(2), 3)
-        upd = jax.jit(fm.client_update)
+        upd = jax.jit(algo.client_update)
         msgs = [upd(server, *map(jnp.asarray, (cd.x[k], cd.y[k], cd.mask[k])), keys[k]) for k in range(3)]
         w = jnp.asarray(cd.counts, jnp.float32)
-        a = fm.aggregate(server, jax.tree_util.tree_map(lambda *z: jnp.stack(z), *msgs), w)
+        a = algo.aggregate(server, jax.tree_util.tree_map(lambda *z: jnp.stack(z), *msgs), w)
         perm = np.array([2, 0, 1])
-        b = fm.aggregate(server, jax.tree_util.tree_map(lambda *z: jnp.stack(z), *[msgs[p] for p in perm]), w[perm])
+        b = algo.aggregate(server, jax.tree_util.tree_map(lambda *z: jnp.stack(z), *[msgs[p] for p in perm]), w[perm])
         _leaves_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -225,16 +230,16 @@ def test_aggregation_rules_against_numpy_natural_parameters():
 
 
 def test_emtdamp_fed_vmapped_round_matches_loop_and_padding_changes_nothing():
-    fm, server, cd = _fed_setup("geometric")
+    algo, server, cd = _fed_setup("geometric")
     X, Y, M, C = map(jnp.asarray, (cd.x, cd.y, cd.mask, cd.counts))
     key = jax.random.PRNGKey(9)
-    new, sel = make_round_fn(fm, 3, devices=jax.devices()[:1])(server, key, X, Y, M, C)
-    _leaves_close(new, python_loop_round(fm, server, key, X, Y, M, C, np.asarray(sel)), rtol=1e-4, atol=1e-6)
+    new, sel = make_round_fn(algo, 3, devices=jax.devices()[:1])(server, key, X, Y, M, C)
+    _leaves_close(new, python_loop_round(algo, server, key, X, Y, M, C, np.asarray(sel)), rtol=1e-4, atol=1e-6)
     x, y, m = cd.x[1], cd.y[1], cd.mask[1]
     xp = np.concatenate([x, 7 * np.ones((20, x.shape[1]), x.dtype)])
     yp = np.concatenate([y, 7 * np.ones((20, 1), y.dtype)])
     mp = np.concatenate([m, np.zeros(20, m.dtype)])
-    upd = jax.jit(fm.client_update)
+    upd = jax.jit(algo.client_update)
     a = upd(server, jnp.asarray(x), jnp.asarray(y), jnp.asarray(m), key)
     b = upd(server, jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mp), key)
     _leaves_close(a, b, rtol=1e-5, atol=1e-6)
@@ -245,5 +250,5 @@ def test_emtdamp_fed_refuses_evidence_once():
     fm = get_fed_method("emtdamp_fed")
     data = load("boston")
     with pytest.raises(ValueError, match="evidence=repeat"):
-        fm.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec,
-                fm.hparams_cls(n_clients=2, partition="iid", evidence="once"), 32)
+        fm.build(ModelSpec((8,)), data.spec,
+                 fm.hparams_cls(n_clients=2, partition="iid", evidence="once"), 32)

@@ -186,7 +186,7 @@ def test_nuts_refuses_minibatches_and_cnns():
     with pytest.raises(ValueError, match=f"train.batch_size={data.spec.n_train}"):
         train(m, hp, ModelSpec((4,)), data, epochs=1, batch_size=32, progress=False)
     with pytest.raises(ValueError, match="model.kind=mlp"):
-        m.init(jax.random.PRNGKey(0), ModelSpec((4,), kind="cnn"), data.spec, hp)
+        m.build(ModelSpec((4,), kind="cnn"), data.spec, hp)
 
 
 # --------------------------------------------------------------------------------------------------

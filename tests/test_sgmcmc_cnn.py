@@ -44,30 +44,31 @@ def _leaves(tree):
 _CACHE: dict = {}
 
 
-def _method(name, tag):
-    """``(method, jit(step), jit(predict))``, one per (variant, tag). Compiling a step takes seconds on
-    2 shared cores, so tests that share a tag reuse it; a tag stands for ONE static configuration (task,
-    model, N, SSGL / pruning layers): a method keeps these in its closure, not in the state."""
-    if (name, tag) not in _CACHE:
-        m = get_method(name)
-        _CACHE[name, tag] = (m, jax.jit(m.step), jax.jit(m.predict))
-    return _CACHE[name, tag]
+def _method(name, tag, model, spec, hp):
+    """``(algorithm, jit(step), jit(predict))`` of ``get_method(name).build(model, spec, hp)``, one per (variant,
+    tag, configuration). Compiling a step takes seconds on 2 shared cores, so tests that build the same
+    configuration reuse it; the built algorithm closes over its static configuration (task, model, N, SSGL /
+    pruning layers) and the float type of the dtype context it was built in (the tag names that context)."""
+    ck = (name, tag, model, spec, hp)
+    if ck not in _CACHE:
+        algo = get_method(name).build(model, spec, hp)
+        _CACHE[ck] = (algo, jax.jit(algo.step), jax.jit(algo.predict))
+    return _CACHE[ck]
 
 
-def _run(name, tag, st, x, y, bs, n_epochs, key=0):
-    """``n_epochs`` shuffled epochs of batch ``bs`` in one jit (compiled once per name/tag/shape)."""
-    m = _method(name, tag)[0]
-    ck = ("run", name, tag, x.shape, bs, n_epochs)
+def _run(algo, st, x, y, bs, n_epochs, key=0):
+    """``n_epochs`` shuffled epochs of batch ``bs`` in one jit (compiled once per algorithm/shape)."""
+    ck = ("run", id(algo), x.shape, bs, n_epochs)
     if ck not in _CACHE:
         n = x.shape[0]
 
         def epoch(s, k, x, y):
             perm = jax.random.permutation(k, n).reshape(n // bs, bs)
-            return jax.lax.scan(m.step, s, Batch(x[perm], y[perm], jnp.ones((n // bs, bs), x.dtype)))
+            return jax.lax.scan(algo.step, s, Batch(x[perm], y[perm], jnp.ones((n // bs, bs), x.dtype)))
 
-        _CACHE[ck] = jax.jit(lambda s, k, x, y: jax.lax.scan(lambda s_, k_: epoch(s_, k_, x, y), s,
-                                                            jax.random.split(k, n_epochs)))
-    return _CACHE[ck](st, jax.random.key(key), x, y)
+        _CACHE[ck] = (algo, jax.jit(lambda s, k, x, y: jax.lax.scan(lambda s_, k_: epoch(s_, k_, x, y), s,
+                                                                   jax.random.split(k, n_epochs))))
+    return _CACHE[ck][1](st, jax.random.key(key), x, y)
 
 
 class RefCNN(nn.Module):
@@ -127,13 +128,13 @@ def ref_energy(params, x, y, w, *, task, n_train, wd, sparse, kappa0, kappa1, si
 def test_step_gradient_matches_reference_energy(x64, task, ssgl_layers, names):
     x, y, spec = _images(task)
     w = jnp.asarray(np.r_[np.ones(13), np.zeros(3)])          # 13 real rows, 3 padding rows
-    m, step, _ = _method("sghmc_sa", f"x64-{task}")
     # learning_rate 1, momentum 1: the SGHMC noise variance 2ε(1−m) − ε² < 0 is clipped to 0, so one step
     # from zero momentum gives v = −ε g = −g exactly: the momentum after the step IS minus the gradient
     # noise="sa": the paper's energy, whose likelihood shares the SSGL σ² (ref_energy's sigma2)
     hp = SGMCMCHParams(learning_rate=1.0, momentum=1.0, ssgl_layers=ssgl_layers, weight_decay=3e-3,
                        kappa0_init=0.7, kappa1_init=2.5, sigma_init=0.8, v0=0.05, v1=2.0, noise="sa")
-    st = m.init(jax.random.key(3), MODEL, spec, hp)
+    algo, step, _ = _method("sghmc_sa", f"x64-{task}", MODEL, spec, hp)
+    st = algo.init(jax.random.key(3))
     n_out = 1 if task == "regression" else 3
     assert [tuple(st.params[k]["kernel"].shape) for k in layer_keys(st.params)] == [*KSHAPES[:3], (6, n_out)]
     assert st.params["Conv_0"]["kernel"].dtype == jnp.float64           # cast to the default float
@@ -163,9 +164,9 @@ def test_step_gradient_matches_reference_energy(x64, task, ssgl_layers, names):
 
 def test_predict_is_average_of_kept_samples(x64):
     x, y, spec = _images()
-    m, step, predict = _method("sghmc_sa", "x64-classification")
     hp = SGMCMCHParams(learning_rate=1e-3, ssgl_layers=(0, 2), burn_in=2, thin=2, n_samples=3)
-    st = m.init(jax.random.key(0), MODEL, spec, hp)
+    algo, step, predict = _method("sghmc_sa", "x64-classification", MODEL, spec, hp)
+    st = algo.init(jax.random.key(0))
     pred0 = predict(st, x[:16]).probs                      # no sample kept yet: the current sample
     np.testing.assert_allclose(pred0, _ref_probs(st.params, x[:16]), rtol=1e-10)
     kept = []
@@ -188,8 +189,8 @@ def test_latents_shape_sa_vs_frozen_and_variants_vmap():
     x, y, spec = _images()
     names = ["sghmc_sa", "sghmc_em", "sghmc"]
     hp = SGMCMCHParams(learning_rate=1e-3, ssgl_layers=(2,), beta_a=-1.0, beta_b=-1.0, v0=0.01, v1=1.0)
-    ms = [_method(n, "A") for n in names]
-    sts = [mm[0].init(jax.random.key(0), MODEL, spec, hp) for mm in ms]
+    ms = [_method(n, "A", MODEL, spec, hp) for n in names]
+    sts = [mm[0].init(jax.random.key(0)) for mm in ms]
     for st0 in sts:
         assert [r.shape for r in st0.latents.rho] == [(20, 6)]          # Dense_0 = FC1 only
         assert [k.shape for k in st0.latents.kappa0 + st0.latents.kappa1] == [(20, 6)] * 2
@@ -217,12 +218,12 @@ def test_latents_shape_sa_vs_frozen_and_variants_vmap():
 def test_conv_kernel_ssgl_and_model1_fc1_index():
     """A conv layer can carry SSGL (latents of the 4-D kernel); index 2 of the spec's Model 1 is FC1."""
     x, y, spec = _images()
-    st = get_method("sghmc_sa").init(jax.random.key(0), MODEL, spec, SGMCMCHParams(ssgl_layers=(1, 0)))
+    st = get_method("sghmc_sa").build(MODEL, spec, SGMCMCHParams(ssgl_layers=(1, 0))).init(jax.random.key(0))
     assert [r.shape for r in st.latents.rho] == [(3, 3, 1, 3), (3, 3, 3, 5)]
     model1 = ModelSpec(hidden=(200,), kind="cnn", conv=(32, 64), kernel_size=5)
     mnist = DataSpec("classification", 784, 10, 4000, image_shape=(28, 28, 1))
-    st = get_method("sghmc_sa").init(jax.random.key(0), model1, mnist,
-                                     SGMCMCHParams(ssgl_layers=(2,), beta_a=-1.0, beta_b=-1.0, n_samples=1))
+    hp1 = SGMCMCHParams(ssgl_layers=(2,), beta_a=-1.0, beta_b=-1.0, n_samples=1)
+    st = get_method("sghmc_sa").build(model1, mnist, hp1).init(jax.random.key(0))
     assert [r.shape for r in st.latents.rho] == [(7 * 7 * 64, 200)]
     np.testing.assert_array_equal(st.hyper.b, [7 * 7 * 64 * 200])
     assert sum(v.size for v in jax.tree_util.tree_leaves(st.params)) == 681_506
@@ -241,24 +242,24 @@ def test_layer_keys_numeric_order():
 # --------------------------------------------------------------------------------------------------
 def test_magnitude_pruning_hits_inflated_target_and_stays_zero():
     x, y, spec = _images()
-    m = _method("sghmc_sa", "prune")[0]
     target, layers = 0.5, (0, 1, 2)               # Dense_1 (18 weights) is never pruned
     hp = SGMCMCHParams(learning_rate=1e-3, ssgl_layers=(2,), prune_target=target, prune_layers=layers,
                        prune_damping=0.5, prune_gap=1.0)
-    st = m.init(jax.random.key(0), MODEL, spec, hp)
+    algo = _method("sghmc_sa", "prune", MODEL, spec, hp)[0]
+    st = algo.init(jax.random.key(0))
     sizes = [math.prod(s) for s in KSHAPES]
     s_eff = target * sum(sizes) / sum(sizes[i] for i in layers)        # S · P_total / P_pruned
     np.testing.assert_allclose(st.prune_scale, s_eff / target, rtol=1e-6)
-    st, met = _run("sghmc_sa", "prune", st, x, y, 8, 4)   # 24 steps: s_k = S (1 − 2^−k), within 3e-8 of S
+    st, met = _run(algo, st, x, y, 8, 4)   # 24 steps: s_k = S (1 − 2^−k), within 3e-8 of S
     keys = layer_keys(st.params)
     want = sum(round(s_eff * sizes[i]) for i in layers)
     n_zero = sum(int(np.sum(np.asarray(st.params[keys[i]]["kernel"]) == 0)) for i in range(4))
     assert abs(n_zero - want) <= len(layers)                       # per-layer rounding only
-    sp = m.sparsity(st)
+    sp = algo.sparsity(st)
     assert abs(sp["weights_zero_frac"] - target) <= len(layers) / sum(sizes)
     assert np.all(np.asarray(st.params["Dense_1"]["kernel"]) != 0)
     masks = [np.asarray(mk) for mk in st.masks]
-    st2, _ = _run("sghmc_sa", "prune", st, x, y, 8, 4, key=1)
+    st2, _ = _run(algo, st, x, y, 8, 4, key=1)
     for i, mk in zip(layers, masks, strict=True):
         kern, mom = np.asarray(st2.params[keys[i]]["kernel"]), np.asarray(st2.momentum[keys[i]]["kernel"])
         assert np.all(kern[~mk] == 0) and np.all(mom[~mk] == 0)        # pruned weights (and momenta) stay 0
@@ -269,12 +270,12 @@ def test_magnitude_pruning_hits_inflated_target_and_stays_zero():
 
 def test_sparsity_counts_dense_hidden_units_only():
     x, y, spec = _images()
-    m = _method("sghmc", "A")[0]
-    st = m.init(jax.random.key(0), MODEL, spec, SGMCMCHParams(ssgl_layers=(2,)))
+    algo = _method("sghmc", "A", MODEL, spec, SGMCMCHParams(ssgl_layers=(2,)))[0]
+    st = algo.init(jax.random.key(0))
     p = jax.tree_util.tree_map(lambda v: v, st.params)
     p["Dense_1"] = {**p["Dense_1"], "kernel": p["Dense_1"]["kernel"].at[jnp.array([1, 4])].set(0.0)}
     p["Dense_0"] = {**p["Dense_0"], "kernel": p["Dense_0"]["kernel"].at[3].set(0.0)}    # a conv feature, not a unit
-    sp = m.sparsity(st.replace(params=p))
+    sp = algo.sparsity(st.replace(params=p))
     assert sp["neurons_pruned_frac"] == 2 / 6                          # hidden units of Dense_0: rows of Dense_1
     n_w = sum(math.prod(s) for s in KSHAPES)
     assert sp["weights_zero_frac"] == (2 * 3 + 6) / n_w
@@ -286,8 +287,8 @@ def test_sparsity_counts_dense_hidden_units_only():
 def test_padding_rows_change_nothing():
     """float32, FC1-only SSGL (the float64 gradient test also runs both tasks with garbage padding rows)."""
     x, y, spec = _images()
-    m, step, _ = _method("sghmc_sa", "A")
-    st = m.init(jax.random.key(0), MODEL, spec, SGMCMCHParams(learning_rate=1e-3, ssgl_layers=(2,)))
+    algo, step, _ = _method("sghmc_sa", "A", MODEL, spec, SGMCMCHParams(learning_rate=1e-3, ssgl_layers=(2,)))
+    st = algo.init(jax.random.key(0))
     w = jnp.concatenate([jnp.ones(10), jnp.zeros(6)])
     # same shapes (one compile): the 6 weight-0 rows hold the real rows 10..15 in one batch and garbage
     # in the other, so any leak of padding rows into the step would change the result
@@ -312,12 +313,12 @@ def test_sghmc_sa_cnn_learns_mnist_subset():
     x, y = jnp.asarray(ds.x_train[itr]), jnp.asarray(ds.y_train[itr])
     spec = DataSpec("classification", 784, 10, n_tr, image_shape=(28, 28, 1))
     model = ModelSpec(hidden=(16,), kind="cnn", conv=(4,), kernel_size=3)
-    m, _, predict = _method("sghmc_sa", "mnist")
     hp = SGMCMCHParams(learning_rate=1e-4, momentum=0.9, inv_temp=1000.0, ssgl_layers=(1,), weight_decay=5e-4,
                        v0=0.01, v1=1.0, beta_a=-1.0, beta_b=-1.0, learn_sigma=False, learn_delta=False,
                        kappa0_init=1e-4, kappa1_init=1e-4, burn_in=40, thin=8, n_samples=10)
-    st = m.init(jax.random.key(0), model, spec, hp)
-    st, met = _run("sghmc_sa", "mnist", st, x, y, 40, 4)              # 4 epochs of 20 steps
+    algo, _, predict = _method("sghmc_sa", "mnist", model, spec, hp)
+    st = algo.init(jax.random.key(0))
+    st, met = _run(algo, st, x, y, 40, 4)              # 4 epochs of 20 steps
     probs = predict(st, jnp.asarray(ds.x_test[ite])).probs
     acc = float(np.mean(np.argmax(np.asarray(probs), 1) == ds.y_test[ite]))
     # chance is ~0.1 (10 roughly balanced classes); a chance-level classifier's accuracy on 500 test images
@@ -337,17 +338,17 @@ def test_layer_index_out_of_range_and_bad_models():
     m = get_method("sghmc_sa")
     with pytest.raises(ValueError, match=r"ssgl_layers \[4\] out of range .* 4 weight layers "
                                          r"\(0 = Conv_0, 1 = Conv_1, 2 = Dense_0, 3 = Dense_1"):
-        m.init(jax.random.key(0), MODEL, spec, SGMCMCHParams(ssgl_layers=(4,)))
+        m.build(MODEL, spec, SGMCMCHParams(ssgl_layers=(4,)))
     with pytest.raises(ValueError, match=r"prune_layers \[-5\] out of range"):
-        m.init(jax.random.key(0), MODEL, spec, SGMCMCHParams(prune_layers=(-5,), prune_target=0.1))
-    st = m.init(jax.random.key(0), MODEL, spec, SGMCMCHParams(ssgl_layers=(-2,)))   # −2 = Dense_0
+        m.build(MODEL, spec, SGMCMCHParams(prune_layers=(-5,), prune_target=0.1))
+    st = m.build(MODEL, spec, SGMCMCHParams(ssgl_layers=(-2,))).init(jax.random.key(0))   # −2 = Dense_0
     assert [r.shape for r in st.latents.rho] == [(20, 6)]
     with pytest.raises(ValueError, match="needs image data"):
-        m.init(jax.random.key(0), MODEL, DataSpec("classification", 64, 3, N), SGMCMCHParams())
+        m.build(MODEL, DataSpec("classification", 64, 3, N), SGMCMCHParams())
     with pytest.raises(ValueError, match="unknown model.kind 'rnn'"):
-        m.init(jax.random.key(0), ModelSpec(kind="rnn"), spec, SGMCMCHParams())
+        m.build(ModelSpec(kind="rnn"), spec, SGMCMCHParams())
     with pytest.raises(ValueError, match="prunable"):       # inflated target > 1 on the small conv layer
-        m.init(jax.random.key(0), MODEL, spec, SGMCMCHParams(prune_target=0.5, prune_layers=(0,)))
+        m.build(MODEL, spec, SGMCMCHParams(prune_target=0.5, prune_layers=(0,)))
 
 
 def test_reference_ce_is_optax():

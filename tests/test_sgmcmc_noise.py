@@ -93,11 +93,12 @@ def _frozen_weight_noise_chain(steps: int, **hp_kwargs):
     spec = DataSpec("regression", x.shape[1], 1, n)
     m = get_method("sghmc")
     hp = SGMCMCHParams(learning_rate=1e-14, momentum=0.0, burn_in=0, n_samples=1, **hp_kwargs)
-    st0 = m.init(jax.random.key(1), ModelSpec(hidden=(8,)), spec, hp)
+    algo = m.build(ModelSpec(hidden=(8,)), spec, hp)
+    st0 = algo.init(jax.random.key(1))
     batch = Batch(x=jnp.asarray(x), y=jnp.asarray(y), w=jnp.ones(n))
 
     def body(st, _):
-        st, met = m.step(st, batch)
+        st, met = algo.step(st, batch)
         return st, met["noise_var"]
 
     st, draws = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps))(st0)
@@ -187,15 +188,16 @@ def test_predictive_adds_mean_noise_of_kept_samples():
     spec = DataSpec("regression", x.shape[1], 1, len(x))
     m = get_method("sghmc")
     hp = SGMCMCHParams(learning_rate=1e-14, momentum=0.0, burn_in=0, thin=1, n_samples=5)
-    st = m.init(jax.random.key(0), ModelSpec(hidden=(4,)), spec, hp)
+    algo = m.build(ModelSpec(hidden=(4,)), spec, hp)
+    st = algo.init(jax.random.key(0))
     batch = Batch(x=jnp.asarray(x), y=jnp.asarray(y), w=jnp.ones(len(x)))
-    pred0 = m.predict(st, jnp.asarray(x))      # nothing kept: the current noise variance (noise_init = 1)
+    pred0 = algo.predict(st, jnp.asarray(x))      # nothing kept: the current noise variance (noise_init = 1)
     np.testing.assert_allclose(np.asarray(pred0.var), 1.0, rtol=1e-6)
     kept = []
     for _ in range(8):
-        st, met = m.step(st, batch)
+        st, met = algo.step(st, batch)
         kept.append(float(met["noise_var"]))
-    pred = m.predict(st, jnp.asarray(x))
+    pred = algo.predict(st, jnp.asarray(x))
     # weights frozen: the epistemic part is ~0, the noise part is the mean of the last 5 kept s²
     np.testing.assert_allclose(np.asarray(pred.var), np.mean(kept[-5:]), rtol=1e-4)
     assert not np.allclose(np.mean(kept[-5:]), float(st.noise_var), rtol=1e-3)   # not the current value
@@ -205,17 +207,18 @@ def test_noise_options_are_validated():
     spec = DataSpec("regression", 3, 1, 50)
     model = ModelSpec(hidden=(4,))
     with pytest.raises(ValueError, match="only used with noise='fixed'"):
-        get_method("sghmc_sa").init(jax.random.key(0), model, spec, SGMCMCHParams(likelihood_var=0.01))
+        get_method("sghmc_sa").build(model, spec, SGMCMCHParams(likelihood_var=0.01))
     with pytest.raises(ValueError, match="needs likelihood_var > 0"):
-        get_method("sghmc_sa").init(jax.random.key(0), model, spec, SGMCMCHParams(noise="fixed"))
+        get_method("sghmc_sa").build(model, spec, SGMCMCHParams(noise="fixed"))
     with pytest.raises(ValueError, match="never updates"):
-        get_method("sghmc").init(jax.random.key(0), model, spec, SGMCMCHParams(noise="sa"))
-    st = get_method("sghmc_sa").init(jax.random.key(0), model, spec, SGMCMCHParams(noise="fixed", likelihood_var=0.3))
+        get_method("sghmc").build(model, spec, SGMCMCHParams(noise="sa"))
+    st = get_method("sghmc_sa").build(model, spec, SGMCMCHParams(noise="fixed", likelihood_var=0.3)).init(
+        jax.random.key(0))
     assert float(st.noise_var) == pytest.approx(0.3)
-    st = get_method("sghmc_sa").init(jax.random.key(0), model, spec, SGMCMCHParams(noise="sa", sigma_init=0.5))
+    st = get_method("sghmc_sa").build(model, spec, SGMCMCHParams(noise="sa", sigma_init=0.5)).init(jax.random.key(0))
     assert float(st.noise_var) == pytest.approx(0.25)
     # auto step size: 1e-3 / N on the sum-scale energy
-    st = get_method("sghmc").init(jax.random.key(0), model, spec, SGMCMCHParams())
+    st = get_method("sghmc").build(model, spec, SGMCMCHParams()).init(jax.random.key(0))
     assert float(st.lr.a) == pytest.approx(1e-3 / 50)
 
 
@@ -257,13 +260,13 @@ def test_defaults_do_not_diverge(name, n, epochs):
 def _scan_steps(name: str, hp: SGMCMCHParams, steps: int = 30):
     x, y = _tiny_regression()
     n = len(x)
-    m = get_method(name)
-    st0 = m.init(jax.random.key(3), ModelSpec(hidden=(8,)), DataSpec("regression", x.shape[1], 1, n), hp)
+    algo = get_method(name).build(ModelSpec(hidden=(8,)), DataSpec("regression", x.shape[1], 1, n), hp)
+    st0 = algo.init(jax.random.key(3))
     batch = Batch(x=jnp.asarray(x), y=jnp.asarray(y), w=jnp.ones(n))
 
     def body(st, _):
         s2_before = st.noise_var
-        st, met = m.step(st, batch)
+        st, met = algo.step(st, batch)
         return st, (s2_before, met["step_size"], met["loss"])
 
     st, out = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps))(st0)
@@ -295,5 +298,5 @@ def test_curvature_units_with_fixed_noise_equal_the_energy_step():
 def test_curvature_units_need_a_learning_rate():
     x, y = _tiny_regression()
     with pytest.raises(ValueError, match="lr_units='curvature' needs learning_rate > 0"):
-        get_method("sghmc").init(jax.random.key(0), ModelSpec(hidden=(4,)), DataSpec("regression", 3, 1, len(x)),
-                                 SGMCMCHParams(lr_units="curvature"))
+        get_method("sghmc").build(ModelSpec(hidden=(4,)), DataSpec("regression", 3, 1, len(x)),
+                                  SGMCMCHParams(lr_units="curvature"))

@@ -269,16 +269,16 @@ def _toy(task, n=64, d=6, k=3, seed=0):
 _RUNNERS: dict = {}
 
 
-def _run_epochs(method, state, x, y, bs, n_epochs, key=0):
-    """``n_epochs`` shuffled epochs in one jit (compiled once per method object and shape)."""
+def _run_epochs(algo, state, x, y, bs, n_epochs, key=0):
+    """``n_epochs`` shuffled epochs in one jit (compiled once per built algorithm and shape)."""
     n = x.shape[0]
-    tag = (id(method), n, bs, n_epochs)
+    tag = (id(algo), n, bs, n_epochs)
     if tag not in _RUNNERS:
         def epoch(st, k, x, y):
             perm = jax.random.permutation(k, n).reshape(n // bs, bs)
-            return jax.lax.scan(method.step, st, Batch(x[perm], y[perm], jnp.ones((n // bs, bs), x.dtype)))
+            return jax.lax.scan(algo.step, st, Batch(x[perm], y[perm], jnp.ones((n // bs, bs), x.dtype)))
 
-        _RUNNERS[tag] = (method, jax.jit(lambda st, k, x, y: jax.lax.scan(
+        _RUNNERS[tag] = (algo, jax.jit(lambda st, k, x, y: jax.lax.scan(
             lambda s_, k_: epoch(s_, k_, x, y), st, jax.random.split(k, n_epochs))))
     return _RUNNERS[tag][1](state, jax.random.key(key), x, y)
 
@@ -292,7 +292,7 @@ def test_all_variants_registered_with_their_schedules():
     """Every name builds; ω mode and annealing default differ as documented (init only, no compile)."""
     x, y, spec = _toy("regression")
     for name in NAMES:
-        st = get_method(name).init(jax.random.key(0), ModelSpec(hidden=(8,)), spec, SGMCMCHParams())
+        st = get_method(name).build(ModelSpec(hidden=(8,)), spec, SGMCMCHParams()).init(jax.random.key(0))
         om = float(sg_omega(st, 0))
         want = 0.0 if name in ("sgld", "sghmc", "a_sghmc") else 1.0 if name.endswith("_em") else 100 ** -0.7
         np.testing.assert_allclose(om, want, rtol=1e-6)
@@ -309,11 +309,12 @@ def test_methods_run_and_predict(name, task):
     x, y, spec = _toy(task)
     m = get_method(name)
     hp = SGMCMCHParams(learning_rate=1e-3, burn_in=20, thin=2, n_samples=5, sigma_init=0.5)
-    st = m.init(jax.random.key(0), ModelSpec(hidden=(8,)), spec, hp)
-    st, met = _run_epochs(m, st, x, y, 16, 10)
+    algo = m.build(ModelSpec(hidden=(8,)), spec, hp)
+    st = algo.init(jax.random.key(0))
+    st, met = _run_epochs(algo, st, x, y, 16, 10)
     assert set(met) >= {"loss", "energy", "omega", "sigma2"}
     assert int(st.count) == 40 and int(st.samples.n_collected) == 10
-    pred = jax.jit(m.predict)(st, x)
+    pred = jax.jit(algo.predict)(st, x)
     if task == "regression":
         assert pred.mean.shape == (64, 1) and bool(jnp.all(pred.var > 0))
     else:
@@ -336,16 +337,17 @@ def test_methods_run_and_predict(name, task):
 def test_padding_rows_change_nothing():
     x, y, spec = _toy("regression")
     m = get_method("sghmc_sa")
-    st = m.init(jax.random.key(0), ModelSpec(hidden=(8,)), spec, SGMCMCHParams(learning_rate=1e-3))
+    algo = m.build(ModelSpec(hidden=(8,)), spec, SGMCMCHParams(learning_rate=1e-3))
+    st = algo.init(jax.random.key(0))
     # same shapes (one compile): the 6 weight-0 rows hold the real rows 10..15 in one batch and garbage
     # in the other, so any leak of padding rows into the step would change the result
     w = jnp.concatenate([jnp.ones(10), jnp.zeros(6)])
-    step = jax.jit(m.step)
+    step = jax.jit(algo.step)
     a, ma = step(st, Batch(x[:16], y[:16], w))
     xp = jnp.concatenate([x[:10], 50 * jnp.ones((6, x.shape[1]))])
     yp = jnp.concatenate([y[:10], -30 * jnp.ones((6, 1))])
     b, mb = step(st, Batch(xp, yp, w))
-    np.testing.assert_allclose(ma["loss"], jnp.mean((m.predict(st, x[:10]).mean - y[:10]) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(ma["loss"], jnp.mean((algo.predict(st, x[:10]).mean - y[:10]) ** 2), rtol=1e-5)
     np.testing.assert_allclose(ma["energy"], mb["energy"], rtol=1e-6)
     for u, v in zip(_leaves(a), _leaves(b), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
@@ -355,17 +357,19 @@ def test_no_recompile_across_hparam_values():
     """Step sizes, temperatures, ω and prior hyperparameters are arrays: one trace serves all values."""
     x, y, spec = _toy("classification")
     m = get_method("sghmc_sa")
+    hps = [SGMCMCHParams(learning_rate=lr, v0=v0, inv_temp=it, omega_a=2.0)
+           for lr, v0, it in [(1e-3, 0.1, 1.0), (1e-4, 0.01, 1000.0), (5e-4, 0.5, 3.0)]]
+    algo = m.build(ModelSpec(hidden=(8,)), spec, hps[0])     # one step function for the states of every value
     traced = []
 
     def step(st, b):
         traced.append(1)
-        return m.step(st, b)
+        return algo.step(st, b)
 
     f = jax.jit(step)
     batch = Batch(x[:16], y[:16], jnp.ones(16))
-    for lr, v0, it in [(1e-3, 0.1, 1.0), (1e-4, 0.01, 1000.0), (5e-4, 0.5, 3.0)]:
-        st = m.init(jax.random.key(0), ModelSpec(hidden=(8,)), spec,
-                    SGMCMCHParams(learning_rate=lr, v0=v0, inv_temp=it, omega_a=2.0))
+    for hp in hps:
+        st = m.build(ModelSpec(hidden=(8,)), spec, hp).init(jax.random.key(0))
         f(st, batch)
     assert len(traced) == 1
 
@@ -375,8 +379,8 @@ def test_variants_vmap_over_one_step_function():
     x, y, spec = _toy("regression")
     names = ["sgld_sa", "sgld_em", "sgld"]
     hp = SGMCMCHParams(learning_rate=1e-3)
-    ms = [get_method(n) for n in names]
-    sts = [mm.init(jax.random.key(0), ModelSpec(hidden=(8,)), spec, hp) for mm in ms]
+    ms = [get_method(n).build(ModelSpec(hidden=(8,)), spec, hp) for n in names]
+    sts = [mm.init(jax.random.key(0)) for mm in ms]
     stacked = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *sts)
     out, met = jax.jit(jax.vmap(ms[0].step, in_axes=(0, None)))(stacked, Batch(x[:16], y[:16], jnp.ones(16)))
     for i in (0,):     # the SA row against its own (unbatched) method
@@ -393,16 +397,17 @@ def test_method_pruning_hits_target_and_stays_zero(ssgl_layers, target):
     m = get_method("sghmc_sa")
     hp = SGMCMCHParams(learning_rate=1e-3, prune_target=target, prune_damping=0.5, prune_gap=1.0,
                        ssgl_layers=ssgl_layers)
-    st = m.init(jax.random.key(0), ModelSpec(hidden=(30,)), spec, hp)
-    st, met = _run_epochs(m, st, x, y, 16, 6)                           # 24 steps: s_k = S (1 − 2^−k)
-    sp = m.sparsity(st)
+    algo = m.build(ModelSpec(hidden=(30,)), spec, hp)
+    st = algo.init(jax.random.key(0))
+    st, met = _run_epochs(algo, st, x, y, 16, 6)                        # 24 steps: s_k = S (1 − 2^−k)
+    sp = algo.sparsity(st)
     assert abs(sp["weights_zero_frac"] - target) <= 1e-3
     masks = [np.asarray(mk) for mk in st.masks]
-    st2, _ = _run_epochs(m, st, x, y, 16, 6, key=1)
+    st2, _ = _run_epochs(algo, st, x, y, 16, 6, key=1)
     for i, mk in zip(m_layers(ssgl_layers), masks, strict=True):
         assert np.all(np.asarray(st2.params[i]["kernel"])[~mk] == 0)      # pruned weights stay zero
         assert np.all(np.asarray(st2.params[i]["kernel"])[mk] != 0)
-    assert abs(m.sparsity(st2)["weights_zero_frac"] - target) <= 1e-3
+    assert abs(algo.sparsity(st2)["weights_zero_frac"] - target) <= 1e-3
     assert sp["params_remaining"] == 20 * 30 + 30 + 30 * 5 + 5 - round(target * 750)
 
 
@@ -414,8 +419,7 @@ def test_pruning_target_too_large_for_layers():
     x, y, spec = _toy("classification", d=20, k=5)
     m = get_method("sghmc_sa")
     with pytest.raises(ValueError, match="prunable"):
-        m.init(jax.random.key(0), ModelSpec(hidden=(30,)), spec,
-               SGMCMCHParams(prune_target=0.9, ssgl_layers=(1,)))
+        m.build(ModelSpec(hidden=(30,)), spec, SGMCMCHParams(prune_target=0.9, ssgl_layers=(1,)))
 
 
 def test_rho_pruning_through_method():
@@ -423,11 +427,12 @@ def test_rho_pruning_through_method():
     m = get_method("sgld_sa")
     hp = SGMCMCHParams(learning_rate=1e-4, rho_prune_threshold=0.5, rho_prune_step=12, ssgl_layers=(0,),
                        v0=0.01, v1=1.0)
-    st = m.init(jax.random.key(0), ModelSpec(hidden=(30,)), spec, hp)
-    st, _ = _run_epochs(m, st, x, y, 16, 4)
+    algo = m.build(ModelSpec(hidden=(30,)), spec, hp)
+    st = algo.init(jax.random.key(0))
+    st, _ = _run_epochs(algo, st, x, y, 16, 4)
     mask = np.asarray(st.masks[0])
     assert not mask.all()
-    st2, _ = _run_epochs(m, st, x, y, 16, 4, key=1)
+    st2, _ = _run_epochs(algo, st, x, y, 16, 4, key=1)
     np.testing.assert_array_equal(np.asarray(st2.masks[0]), mask)      # one-shot, then kept
     assert np.all(np.asarray(st2.params[0]["kernel"])[~mask] == 0)
 

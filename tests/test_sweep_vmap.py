@@ -129,8 +129,8 @@ def test_cli_sweep_vmap_writes_complete_run_folders_equal_to_sequential(tmp_path
         assert mv[-1]["test"]["rmse"] == pytest.approx(ms[-1]["test"]["rmse"], rel=METRIC_RTOL)
         assert json.loads((rv / "progress.json").read_text()) == {"epoch": 3}
         cfg_i = C.from_dict(C.read_yaml(rv / "config.yaml"))
-        like = get_method(cfg_i.method.name).init(jax.random.PRNGKey(0), cfg_i.model.spec(),
-                                                  load("boston", seed=cfg_i.data.seed).spec, cfg_i.method.hparams)
+        like = get_method(cfg_i.method.name).build(cfg_i.model.spec(), load("boston", seed=cfg_i.data.seed).spec,
+                                                   cfg_i.method.hparams).init(jax.random.PRNGKey(0))
         for a, b in zip(jax.tree_util.tree_leaves(load_checkpoint(rv / "checkpoint.npz", like)),
                         jax.tree_util.tree_leaves(load_checkpoint(rs / "checkpoint.npz", like)), strict=True):
             np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), atol=PARAM_ATOL)
@@ -190,12 +190,17 @@ def test_fallback_when_the_method_does_not_vmap(tmp_path, capsys, monkeypatch):
     epoch; run_group then trains run by run with a note."""
     adam = get_method("adam")
 
-    def concrete_init(key, model, spec, hp):
-        float(jax.random.uniform(key))  # a Python float from a traced value: fails under vmap
-        return adam.init(key, model, spec, hp)
+    def concrete_build(model, spec, hp):
+        algo = adam.build(model, spec, hp)
+
+        def concrete_init(key):
+            float(jax.random.uniform(key))  # a Python float from a traced value: fails under vmap
+            return algo.init(key)
+
+        return dataclasses.replace(algo, init=concrete_init)
 
     monkeypatch.setitem(method_registry._CENTRAL, "_novmap",
-                        lambda: dataclasses.replace(adam, name="_novmap", init=concrete_init))
+                        lambda: dataclasses.replace(adam, name="_novmap", build=concrete_build))
     cfgs = [C.from_dict({"data": {"name": "boston", "seed": d}, "model": {"hidden": [4]},
                          "method": {"name": "_novmap"}, "output": {"plots": False, "checkpoint": False},
                          "train": {"epochs": 2, "batch_size": 64, "progress": False}}, "nv") for d in (0, 1)]

@@ -141,8 +141,9 @@ def test_once_mode_state_traces_through_the_jitted_epoch():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 3))
     y = x[:, :1] - x[:, 1:2] + 0.1 * rng.normal(size=(40, 1))
-    state = method.init(jax.random.PRNGKey(0), ModelSpec(hidden=(8,)), DataSpec("regression", 3, 1, 40), hp)
-    step = jax.jit(method.step)
+    algo = method.build(ModelSpec(hidden=(8,)), DataSpec("regression", 3, 1, 40), hp)
+    state = algo.init(jax.random.PRNGKey(0))
+    step = jax.jit(algo.step)
     for i in range(0, 40, 16):
         xb, yb = np.zeros((16, 3)), np.zeros((16, 1))
         wb = np.zeros(16)
@@ -150,7 +151,7 @@ def test_once_mode_state_traces_through_the_jitted_epoch():
         xb[:k], yb[:k], wb[:k] = x[i:i + k], y[i:i + k], 1.0
         state, _ = step(state, Batch(x=jnp.asarray(xb), y=jnp.asarray(yb), w=jnp.asarray(wb)))
     assert float(state.evidence.seen) == 40
-    state = jax.jit(method.end_epoch)(state, jnp.asarray(1))
+    state = jax.jit(algo.end_epoch)(state, jnp.asarray(1))
     assert float(state.evidence.seen_last) == 40 and float(state.evidence.seen) == 0
-    pred = method.predict(state, jnp.asarray(x))
+    pred = algo.predict(state, jnp.asarray(x))
     assert np.all(np.isfinite(np.asarray(pred.mean))) and np.all(np.asarray(pred.var) > 0)

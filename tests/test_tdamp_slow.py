@@ -15,11 +15,11 @@ def _train(name, hidden, epochs, hp_kwargs, batch_size=32, dtype="float32", **da
     m = get_method("emtdamp")
     res = train(m, m.hparams_cls(**hp_kwargs), ModelSpec(hidden=hidden), ds, epochs=epochs,
                 batch_size=batch_size, seed=0, dtype=dtype, progress=False, eval_every=epochs)
-    return ds, m, res
+    return ds, res.algorithm, res
 
 
-def _nmse(m, res, ds):
-    pred = m.predict(res.state, ds.x_test)
+def _nmse(algo, res, ds):
+    pred = algo.predict(res.state, ds.x_test)
     y = ds.y_test
     return float(np.sum((np.asarray(pred.mean) - y) ** 2) / np.sum((y - y.mean()) ** 2))
 
@@ -27,8 +27,8 @@ def _nmse(m, res, ds):
 def test_boston_final_epoch_nmse():
     """Boston 13-64-1, 90/10 split seed 0, bs 32, 1000 epochs (the paper's horizon), defaults:
     test NMSE at the final epoch <= 0.132 (the paper's EM-TDAMP figure). Measured: 0.0997 (float32)."""
-    ds, m, res = _train("boston", (64,), 1000, {})
-    assert _nmse(m, res, ds) <= 0.132
+    ds, algo, res = _train("boston", (64,), 1000, {})
+    assert _nmse(algo, res, ds) <= 0.132
 
 
 def test_teacher_student_prunes_dead_neurons():
@@ -46,12 +46,12 @@ def test_teacher_student_prunes_dead_neurons():
     The floor is the noise variance; the 1000-row test set's own noise mean-square deviates from it by
     sd sqrt(2/1000) = 4.5% (teacher itself: 0.98 x floor here), hence the margin 1.13 vs 1.2 is ~1.6 sd.
     """
-    ds, m, res = _train("teacher_student", (64,), 100,
-                        {"sigma0_sq": 0.01, "lambda_f": 0.997, "prune": "target", "target_density": 0.3,
-                         "prune_inputs": False, "warm": 20, "ramp": 30}, n_train=10000)
+    ds, algo, res = _train("teacher_student", (64,), 100,
+                           {"sigma0_sq": 0.01, "lambda_f": 0.997, "prune": "target", "target_density": 0.3,
+                            "prune_inputs": False, "warm": 20, "ramp": 30}, n_train=10000)
     pruned = res.sparsity["neurons_pruned_frac"] * 64
     assert pruned >= 40 - 1e-9
-    pred = m.predict(res.state, ds.x_test)
+    pred = algo.predict(res.state, ds.x_test)
     mse = float(np.mean((np.asarray(pred.mean) - ds.y_test) ** 2))
     assert mse <= 1.2 * ds.info["noise_var_std"], (mse, ds.info["noise_var_std"])
 

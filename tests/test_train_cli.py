@@ -27,12 +27,13 @@ def test_padding_rows_change_nothing():
     data = load("boston")
     m = get_method("adam")
     hp = m.hparams_cls()
-    st = m.init(jax.random.PRNGKey(0), ModelSpec((8,)), data.spec, hp)
+    algo = m.build(ModelSpec((8,)), data.spec, hp)
+    st = algo.init(jax.random.PRNGKey(0))
     x, y = jnp.asarray(data.x_train[:10]), jnp.asarray(data.y_train[:10])
-    a, _ = m.step(st, Batch(x, y, jnp.ones(10)))
+    a, _ = algo.step(st, Batch(x, y, jnp.ones(10)))
     xp = jnp.concatenate([x, 100 * jnp.ones((6, 13))])
     yp = jnp.concatenate([y, 50 * jnp.ones((6, 1))])
-    b, _ = m.step(st, Batch(xp, yp, jnp.r_[jnp.ones(10), jnp.zeros(6)]))
+    b, _ = algo.step(st, Batch(xp, yp, jnp.r_[jnp.ones(10), jnp.zeros(6)]))
     for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
 
@@ -187,11 +188,16 @@ def test_loop_tolerates_a_state_whose_leaves_share_one_buffer():
 
     m = get_method("adam")
 
-    def aliasing_init(key, model, spec, hp):
-        st = m.init(key, model, spec, hp)
-        return st.replace(noise_var=st.learning_rate)  # two leaves, one buffer
+    def aliasing_build(model, spec, hp):
+        algo = m.build(model, spec, hp)
 
-    shared = dataclasses.replace(m, init=aliasing_init)
+        def aliasing_init(key):
+            st = algo.init(key)
+            return st.replace(noise_var=st.learning_rate)  # two leaves, one buffer
+
+        return dataclasses.replace(algo, init=aliasing_init)
+
+    shared = dataclasses.replace(m, build=aliasing_build)
     data = load("boston")
     res = train(shared, m.hparams_cls(), ModelSpec((4,)), data, epochs=2, batch_size=64, progress=False)
     assert np.isfinite(res.test["rmse"])

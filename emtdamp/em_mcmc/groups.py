@@ -24,11 +24,13 @@ The first family of a leaf is its *primary* family: one-shot target pruning and 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from emtdamp.pytrees import is_kernel
 
 PyTree = Any
 
@@ -93,20 +95,24 @@ def mlp_group_spec(params: PyTree) -> GroupSpec:
     return flax_group_spec(params)
 
 
-def flax_group_spec(params: PyTree, *, conv_prune_stat: str = "range") -> GroupSpec:
+def flax_group_spec(params: PyTree, *, conv_prune_stat: str = "range",
+                    select: Callable[[tuple, Any], bool] | None = None) -> GroupSpec:
     """Group spec for any flax params pytree, by leaf name and rank.
 
     Leaves named ``kernel``: 2-D -> :func:`dense_groups`; ``>= 3``-D -> :func:`conv_groups` (flax
     layout ``(*spatial, in, out)``). Every other leaf (bias, BatchNorm scale/bias, embeddings) is
-    ungrouped. Write a :class:`GroupSpec` by hand for other layouts.
+    ungrouped. ``select(path, leaf) -> bool`` (a jax key path) restricts the spike-and-slab group prior
+    and pruning to the kernels it picks; the others are ungrouped too (decay ``eps_ungrouped``, never
+    pruned). Write a :class:`GroupSpec` by hand for other layouts.
     """
     out: list[LeafGroups | None] = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        last = path[-1]
-        name = getattr(last, "key", getattr(last, "name", None))
-        if name == "kernel" and leaf.ndim == 2:
+        kernel = is_kernel(path)
+        if select is not None and kernel and not select(path, leaf):
+            out.append(None)
+        elif kernel and leaf.ndim == 2:
             out.append(dense_groups())
-        elif name == "kernel" and leaf.ndim >= 3:
+        elif kernel and leaf.ndim >= 3:
             g = conv_groups(leaf.ndim)
             out.append(dataclasses.replace(g, prune_stat=conv_prune_stat))
         else:

@@ -1,9 +1,10 @@
 """The one training loop every method shares.
 
 Per epoch the whole pass over the (shuffled, padded) training set is *one* jitted call: the
-minibatch indices are drawn on device from the epoch key and ``lax.scan`` runs ``method.step`` over
-them. The last minibatch is padded to the batch size with weight-0 rows (no row is dropped, nothing
-recompiles). ``method.end_epoch`` runs after each epoch; the test set is evaluated every
+minibatch indices are drawn on device from the epoch key and ``lax.scan`` runs the built algorithm's
+``step`` (:attr:`Method.build <emtdamp.methods.base.Method.build>`) over them. The last minibatch is padded
+to the batch size with weight-0 rows (no row is dropped, nothing recompiles). ``end_epoch`` runs after
+each epoch; the test set is evaluated every
 ``eval_every`` epochs and at the last one.
 """
 
@@ -22,13 +23,14 @@ import numpy as np
 
 from emtdamp.data.base import Dataset
 from emtdamp.divergence import DivergenceError, DivergenceGuard, DivergenceMonitor
-from emtdamp.methods.base import Batch, Method, ModelSpec, Predictive
+from emtdamp.methods.base import Algorithm, Batch, Method, Mixture, ModelSpec, Predictive
 from emtdamp.metrics import classification_metrics, regression_metrics
 
 
 @dataclasses.dataclass
 class TrainResult:
-    """Final state, per-epoch history (list of dicts), the final test metrics and timings."""
+    """Final state, per-epoch history (list of dicts), the final test metrics, timings and the built
+    :class:`~emtdamp.methods.base.Algorithm` (whose ``predict`` / ``diagnostics`` read the state)."""
 
     state: object
     history: list
@@ -36,6 +38,7 @@ class TrainResult:
     sparsity: dict
     time: dict
     diverged_at: int | None = None   # first epoch the divergence guard flagged (mode "warn"), else None
+    algorithm: Algorithm | None = None   # the built method the state belongs to (its predict / diagnostics)
 
 
 def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -51,7 +54,7 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, j
     return idx, w
 
 
-def make_epoch_fn(method: Method, batch_size: int, jit: bool = True) -> Callable:
+def make_epoch_fn(algo: Algorithm, batch_size: int, jit: bool = True) -> Callable:
     """``epoch(state, key, x, y) -> (state, mean_loss)``: one jitted, scanned pass over the data."""
 
     def epoch(state, key, x, y):
@@ -59,7 +62,7 @@ def make_epoch_fn(method: Method, batch_size: int, jit: bool = True) -> Callable
 
         def body(st, iw):
             i, wb = iw
-            st, m = method.step(st, Batch(x=x[i], y=y[i], w=wb.astype(x.dtype)))
+            st, m = algo.step(st, Batch(x=x[i], y=y[i], w=wb.astype(x.dtype)))
             return st, (m["loss"], wb.sum())
 
         state, (losses, counts) = jax.lax.scan(body, state, (idx, w))
@@ -68,30 +71,45 @@ def make_epoch_fn(method: Method, batch_size: int, jit: bool = True) -> Callable
     return jax.jit(epoch, donate_argnums=(0,)) if jit else epoch
 
 
-def predict_in_chunks(method: Method, state, x: np.ndarray, chunk: int = 2048) -> Predictive:
-    """``method.predict`` on ``x`` in chunks of ``chunk`` rows (bounded memory), concatenated."""
-    pred_fn = jax.jit(method.predict)
+def predict_in_chunks(algo: Algorithm, state, x: np.ndarray, chunk: int = 2048) -> Predictive:
+    """``algo.predict`` on ``x`` in chunks of ``chunk`` rows (bounded memory), concatenated."""
+    pred_fn = jax.jit(algo.predict)
     parts = [pred_fn(state, jnp.asarray(x[i: i + chunk])) for i in range(0, len(x), chunk)]
     cat = lambda f: None if getattr(parts[0], f) is None else np.concatenate([np.asarray(getattr(p, f))
                                                                                for p in parts])
     return Predictive(mean=cat("mean"), var=cat("var"), probs=cat("probs"))
 
 
-def evaluate(method: Method, state, data: Dataset) -> dict:
+def mixture_in_chunks(algo: Algorithm, state, x: np.ndarray, chunk: int = 2048) -> Mixture:
+    """``algo.predict_mixture`` on ``x`` in chunks of ``chunk`` rows (numpy; rows on axis 1), or
+    ``algo.predict`` as one component when the method has no mixture."""
+    if getattr(algo, "predict_mixture", None) is None:   # (federated algorithms have none)
+        p = predict_in_chunks(algo, state, x, chunk)
+        if p.probs is not None:
+            return Mixture(weights=np.ones(1), probs=p.probs[None])
+        return Mixture(weights=np.ones(1), mean=p.mean[None], var=p.var[None])
+    fn = jax.jit(algo.predict_mixture)
+    parts = [fn(state, jnp.asarray(x[i: i + chunk])) for i in range(0, len(x), chunk)]
+    cat = lambda f: None if getattr(parts[0], f) is None else np.concatenate([np.asarray(getattr(p, f))
+                                                                               for p in parts], axis=1)
+    return Mixture(weights=np.asarray(parts[0].weights), mean=cat("mean"), var=cat("var"), probs=cat("probs"))
+
+
+def evaluate(algo: Algorithm, state, data: Dataset) -> dict:
     """Test metrics of ``state`` on ``data``'s test split (original units)."""
-    pred = predict_in_chunks(method, state, data.x_test)
+    pred = predict_in_chunks(algo, state, data.x_test)
     if data.spec.task == "regression":
         return regression_metrics(pred, data.y_test, data.y_mean, data.y_std)
     return classification_metrics(pred, data.y_test)
 
 
-def default_sparsity(method: Method, state) -> dict:
-    """``method.sparsity(state)`` as plain floats, or the dense defaults."""
-    if method.sparsity is None:
+def default_sparsity(algo: Algorithm, state) -> dict:
+    """``algo.sparsity(state)`` as plain floats, or the dense defaults."""
+    if algo.sparsity is None:
         n = int(sum(x.size for x in jax.tree_util.tree_leaves(state) if hasattr(x, "size")))
         return {"neurons_pruned_frac": 0.0, "weights_zero_frac": 0.0, "params_remaining": n}
     out = {}
-    for k, v in method.sparsity(state).items():
+    for k, v in algo.sparsity(state).items():
         out[k] = int(v) if k == "params_remaining" else (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
     return out
 
@@ -161,11 +179,12 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
     bs = min(batch_size, len(data.x_train))
     key = jax.random.PRNGKey(seed)
     init_key, loop_key = jax.random.split(key)
-    state = method.init(init_key, model, data.spec, hparams)
+    algo = method.build(model, data.spec, hparams)
+    state = algo.init(init_key)
     # the epoch function donates the state: give every leaf its own buffer (init may alias arrays)
     state = jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state)
-    epoch_fn = make_epoch_fn(method, bs)
-    end_epoch = jax.jit(method.end_epoch) if method.end_epoch is not None else None
+    epoch_fn = make_epoch_fn(algo, bs)
+    end_epoch = jax.jit(algo.end_epoch) if algo.end_epoch is not None else None
 
     t0 = time.perf_counter()
     compiled = epoch_fn.lower(state, loop_key, x, y).compile()
@@ -190,8 +209,8 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
         msg = monitor.update(ep, loss)
         if (msg is None or guard.mode != "stop") and (ep % eval_every == 0 or ep == epochs):
             check_finite(state, ep)
-            test = evaluate(method, state, data)
-            record.update({"test": test, "sparsity": default_sparsity(method, state)})
+            test = evaluate(algo, state, data)
+            record.update({"test": test, "sparsity": default_sparsity(algo, state)})
             bar.set_postfix({k: f"{v:.4g}" for k, v in test.items() if k in ("rmse", "accuracy", "nll")},
                             refresh=False)
             msg = monitor.update_metric(ep, *guard_metric(data.spec.task, test)) or msg
@@ -204,11 +223,11 @@ def _train(method, hparams, model, data, epochs, batch_size, seed, dtype, eval_e
         if on_checkpoint is not None:
             on_checkpoint(state, ep)
     if not test:  # resumed after the last epoch: evaluate the restored state
-        test = evaluate(method, state, data)
+        test = evaluate(algo, state, data)
     total = time.perf_counter() - t_start
-    return TrainResult(state=state, history=history, test=test, sparsity=default_sparsity(method, state),
+    return TrainResult(state=state, history=history, test=test, sparsity=default_sparsity(algo, state),
                        time={"total_s": total, "per_epoch_s": float(np.median(epoch_times)) if epoch_times else 0.0,
-                             "compile_s": compile_s}, diverged_at=monitor.diverged_at)
+                             "compile_s": compile_s}, diverged_at=monitor.diverged_at, algorithm=algo)
 
 
 class NotVmappable(RuntimeError):
@@ -314,17 +333,18 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
     bs = min(batch_size, spec.n_train)
     keys = jnp.stack([jax.random.split(jax.random.PRNGKey(s)) for s in seeds])  # (R, 2, 2): init, loop
     ek = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    algo = method.build(model, spec, hparams)
     t0 = time.perf_counter()
     try:
-        states = jax.jit(jax.vmap(lambda k: method.init(k, model, spec, hparams)))(keys[:, 0])
+        states = jax.jit(jax.vmap(algo.init))(keys[:, 0])
         # the epoch function donates the state: give every leaf its own buffer (init may alias arrays)
         states = jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, states)
-        epoch_fn = jax.jit(jax.vmap(make_epoch_fn(method, bs, jit=False), in_axes=(0, 0, data_axis, data_axis)),
+        epoch_fn = jax.jit(jax.vmap(make_epoch_fn(algo, bs, jit=False), in_axes=(0, 0, data_axis, data_axis)),
                            donate_argnums=(0,))
         compiled = epoch_fn.lower(states, ek(keys[:, 1], 1), x, y).compile()
         end = None
-        if method.end_epoch is not None:
-            end = jax.jit(jax.vmap(method.end_epoch, in_axes=(0, None))).lower(states, jnp.asarray(1)).compile()
+        if algo.end_epoch is not None:
+            end = jax.jit(jax.vmap(algo.end_epoch, in_axes=(0, None))).lower(states, jnp.asarray(1)).compile()
     except Exception as e:  # noqa: BLE001  (anything before the first epoch: the caller trains run by run)
         raise NotVmappable(f"{method.name} does not vmap ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     compile_s = time.perf_counter() - t0
@@ -354,8 +374,8 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
                     check_finite(st, ep)
                 except FloatingPointError as e:
                     raise FloatingPointError(f"run {i} of the vmapped group (train seed {seeds[i]}): {e}") from None
-                tests[i] = evaluate(method, st, dsets[i])
-                records[i].update({"test": tests[i], "sparsity": default_sparsity(method, st)})
+                tests[i] = evaluate(algo, st, dsets[i])
+                records[i].update({"test": tests[i], "sparsity": default_sparsity(algo, st)})
                 msgs[i] = monitors[i].update_metric(ep, *guard_metric(spec.task, tests[i])) or msgs[i]
             key = "rmse" if spec.task == "regression" else "accuracy"
             bar.set_postfix({f"mean {key}": f"{np.mean([t[key] for t in tests]):.4g}"}, refresh=False)
@@ -374,9 +394,9 @@ def _train_group(method, hparams, model, datasets, seeds, epochs, batch_size, dt
     runs = []
     for i in range(r):
         st = _slice(states, i)
-        runs.append(TrainResult(state=st, history=histories[i], test=tests[i], sparsity=default_sparsity(method, st),
+        runs.append(TrainResult(state=st, history=histories[i], test=tests[i], sparsity=default_sparsity(algo, st),
                                 time={"total_s": total / r, "per_epoch_s": per_epoch / r, "compile_s": compile_s / r},
-                                diverged_at=monitors[i].diverged_at))
+                                diverged_at=monitors[i].diverged_at, algorithm=algo))
     return GroupResult(runs=runs, states=states,
                        time={"total_s": total, "epochs_s": float(np.sum(epoch_times)), "per_epoch_s": per_epoch,
                              "compile_s": compile_s, "runs": r})

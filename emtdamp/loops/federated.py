@@ -2,7 +2,8 @@
 client update per round, server aggregation as a pure function (the method contract is
 :mod:`emtdamp.methods.federated`).
 
-A federated method is a :class:`FedMethod`: ``init`` gives the server state; ``client_update`` maps
+A federated method is a :class:`FedMethod`, built into a :class:`FedAlgorithm`: ``init`` gives the server
+state; ``client_update`` maps
 (server state, one client's padded data, key) to the message that client uploads; ``aggregate``
 combines the stacked messages of the selected clients into the next server state. The round runner
 (:func:`make_round_fn`) selects clients, runs ``vmap(client_update)`` over them — inside
@@ -27,7 +28,7 @@ from emtdamp.data.base import Dataset
 from emtdamp.data.partition import PARTITIONERS, ClientData
 from emtdamp.loops.centralised import default_sparsity, evaluate
 from emtdamp.methods.base import ModelSpec
-from emtdamp.methods.federated import FedMethod
+from emtdamp.methods.federated import FedAlgorithm, FedMethod
 
 PyTree = Any
 
@@ -44,7 +45,7 @@ def partition(data: Dataset, hp, seed: int) -> ClientData:
     return fn(data.x_train, data.y_train, hp.n_clients, seed=seed)
 
 
-def make_round_fn(fm: FedMethod, n_selected: int, devices: list | None = None) -> Callable:
+def make_round_fn(fm: FedAlgorithm, n_selected: int, devices: list | None = None) -> Callable:
     """``round(server, key, X, Y, M, counts) -> server``: select ``n_selected`` clients, update them
     in parallel (vmap; shard_map over ``devices`` when more than one), aggregate.
 
@@ -77,7 +78,7 @@ def make_round_fn(fm: FedMethod, n_selected: int, devices: list | None = None) -
     return jax.jit(round_fn)
 
 
-def python_loop_round(fm: FedMethod, server, key, X, Y, M, counts, sel: np.ndarray):
+def python_loop_round(fm: FedAlgorithm, server, key, X, Y, M, counts, sel: np.ndarray):
     """Reference / benchmark: the same round as :func:`make_round_fn` with a Python loop over clients."""
     upd = jax.jit(fm.client_update)
     k_loc = jax.random.split(jax.random.split(key)[1], len(sel))
@@ -95,6 +96,7 @@ class FedResult:
     time: dict
     rounds_to_target: int | None
     bytes_per_round: int
+    algorithm: FedAlgorithm | None = None   # the built method the server state belongs to
 
 
 def reached(task: str, test: dict, target: float) -> bool:
@@ -121,12 +123,13 @@ def train_federated(fm: FedMethod, hp, model: ModelSpec, data: Dataset, *, round
     n_sel = max(1, round(hp.client_fraction * hp.n_clients))
     key = jax.random.PRNGKey(seed)
     k_init, k_loop = jax.random.split(key)
-    server = fm.init(k_init, model, data.spec, hp, batch_size)
-    round_fn = make_round_fn(fm, n_sel, devices)
+    algo = fm.build(model, data.spec, hp, batch_size)
+    server = algo.init(k_init)
+    round_fn = make_round_fn(algo, n_sel, devices)
     t0 = time.perf_counter()
     compiled = round_fn.lower(server, k_loop, X, Y, M, counts).compile()
     compile_s = time.perf_counter() - t0
-    upload = int(fm.upload_bytes(server))
+    upload = int(algo.upload_bytes(server))
     history, test, hit, times = [], {}, None, []
     bar = tqdm(range(1, rounds + 1), desc=fm.name, unit="round", disable=not progress, leave=False, mininterval=0.5)
     t_start = time.perf_counter()
@@ -135,10 +138,10 @@ def train_federated(fm: FedMethod, hp, model: ModelSpec, data: Dataset, *, round
         server, _ = compiled(server, jax.random.fold_in(k_loop, r), X, Y, M, counts)
         jax.block_until_ready(server)
         times.append(time.perf_counter() - tr)
-        test = evaluate(fm, server, data)
-        upload = int(fm.upload_bytes(server))
+        test = evaluate(algo, server, data)
+        upload = int(algo.upload_bytes(server))
         rec = {"round": r, "wall_s": time.perf_counter() - t_start, "test": test,
-               "sparsity": default_sparsity(fm, server), "bytes_per_client": upload}
+               "sparsity": default_sparsity(algo, server), "bytes_per_client": upload}
         if hit is None and reached(data.spec.task, test, hp.target):
             hit = r
         history.append(rec)
@@ -146,7 +149,7 @@ def train_federated(fm: FedMethod, hp, model: ModelSpec, data: Dataset, *, round
             on_round(rec)
         bar.set_postfix({k: f"{v:.4g}" for k, v in test.items() if k in ("rmse", "accuracy")}, refresh=False)
     total = time.perf_counter() - t_start
-    return FedResult(state=server, history=history, test=test, sparsity=default_sparsity(fm, server),
+    return FedResult(state=server, history=history, test=test, sparsity=default_sparsity(algo, server),
                      time={"total_s": total, "per_round_s": float(np.median(times)), "compile_s": compile_s,
                            "per_epoch_s": float(np.median(times))},
-                     rounds_to_target=hit, bytes_per_round=upload * n_sel)
+                     rounds_to_target=hit, bytes_per_round=upload * n_sel, algorithm=algo)

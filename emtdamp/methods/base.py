@@ -65,20 +65,35 @@ class Predictive(NamedTuple):
     probs: jax.Array | None = None
 
 
+class Mixture(NamedTuple):
+    """A predictive as the explicit mixture it is: ``S`` components with ``weights (S,)`` summing to one.
+
+    Regression: component ``mean`` and ``var`` ``(S, n, d_out)`` (standardised target units; ``var`` is the
+    observation noise of that component, e.g. the noise variance kept with a posterior sample); the
+    predictive is ``Σ_s w_s N(mean_s, var_s)``. Classification: component ``probs`` ``(S, n, K)``, the
+    predictive is ``Σ_s w_s probs_s``. Components of weight 0 (empty sample slots) are ignored.
+    """
+
+    weights: jax.Array
+    mean: jax.Array | None = None
+    var: jax.Array | None = None
+    probs: jax.Array | None = None
+
+
 @dataclasses.dataclass(frozen=True)
-class Method:
-    """A training method as pure functions.
+class Algorithm:
+    """A method bound to one model, data spec and hyperparameters: pure functions (the BlackJAX
+    ``SamplingAlgorithm`` / optax ``GradientTransformation`` shape).
+
+    Everything static (the network's apply function, layer indices, task, training size, string
+    options) was fixed by :attr:`Method.build` and is closed over, immutable; everything EM, a schedule
+    or a sweep changes is an array in the state. So ``step`` works in any process that built the same
+    algorithm, whether or not it ran ``init``.
 
     Attributes
     ----------
-    name:
-        Registry name (``method.name`` in configs).
-    hparams_cls:
-        Frozen dataclass of the method's typed hyperparameters; the config loader validates the
-        ``method:`` block against its fields (names, types, ``metadata["range"]``).
     init:
-        ``init(key, model: ModelSpec, data: DataSpec, hparams) -> state``. Everything that EM or a
-        sweep changes (sparsity, noise variance, step sizes) is an array inside ``state``.
+        ``init(key) -> state``.
     step:
         ``step(state, batch: Batch) -> (state, metrics)``: one minibatch, pure and jittable;
         ``metrics`` is a dict of scalar arrays and must contain ``"loss"``.
@@ -95,17 +110,50 @@ class Method:
         Optional ``diagnostics(state) -> dict`` of JSON-able convergence diagnostics (MCMC R-hat /
         ESS), called once on the final state; run folders store it as ``summary["diagnostics"]`` and
         warn on stderr when a value of its ``"rhat"`` dict exceeds 1.05.
+    predict_mixture:
+        Optional ``predict_mixture(state, x) -> Mixture``, pure and jittable: the predictive as its
+        components (the sampling methods: one per kept posterior sample), whose moments equal
+        ``predict``'s. Quantiles and predictive draws are computed from it; methods without it have
+        the single Gaussian (or categorical) component ``predict`` gives.
     """
 
-    name: str
-    hparams_cls: type
-    init: Callable[..., PyTree]
+    init: Callable[[jax.Array], PyTree]
     step: Callable[[PyTree, Batch], tuple[PyTree, dict]]
     predict: Callable[[PyTree, jax.Array], Predictive]
     sparsity: Callable[[PyTree], dict] | None = None
     end_epoch: Callable[[PyTree, jax.Array], PyTree] | None = None
-    description: str = ""
     diagnostics: Callable[[PyTree], dict] | None = None
+    predict_mixture: Callable[[PyTree, jax.Array], Mixture] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registered training method: a name, its typed hyperparameters and a builder.
+
+    Attributes
+    ----------
+    name:
+        Registry name (``method.name`` in configs).
+    hparams_cls:
+        Frozen dataclass of the method's typed hyperparameters; the config loader validates the
+        ``method:`` block against its fields (names, types, ``metadata["range"]``).
+    build:
+        ``build(model: ModelSpec, data: DataSpec, hparams) -> Algorithm``: validates the combination
+        (one-line ``ValueError`` naming the fix) and fixes the static configuration. Build inside the
+        dtype context you train in (``jax.enable_x64`` for float64): the state's float type is fixed
+        here. Example::
+
+            algo = get_method("adam").build(ModelSpec(hidden=(50,)), data.spec, OptaxHParams())
+            state = algo.init(jax.random.PRNGKey(0))
+            state, metrics = jax.jit(algo.step)(state, batch)
+    description:
+        One line for ``emtdamp list``.
+    """
+
+    name: str
+    hparams_cls: type
+    build: Callable[[ModelSpec, DataSpec, Any], Algorithm]
+    description: str = ""
 
 
 def hparam(default: Any, *, range: tuple[float, float] | None = None, choices: tuple | None = None,

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emtdamp.methods.base import Method, Predictive, PyTree
+from emtdamp.methods.base import Algorithm, Method, Mixture, Predictive, PyTree
 from emtdamp.nuts.diagnostics import summarise
 from emtdamp.sgmcmc.samples import SampleBuffer, ring_samples
 
@@ -122,26 +122,46 @@ def with_chains(method: Method, n_chains: int) -> Method:
     if method.name in OWN_CHAINS:
         raise ValueError(f"{method.name} runs its own chains: set method.chains={n_chains} and leave train.chains=1")
 
-    def init(key, model, data, hparams):
-        keys = jax.random.split(key, n_chains)
-        return jax.vmap(lambda k: method.init(k, model, data, hparams))(keys)
+    def build(model, data, hparams) -> Algorithm:
+        return chain_algorithm(method.build(model, data, hparams), n_chains)
+
+    return dataclasses.replace(method, build=build, description=f"{method.description} [{n_chains} chains, mixed]")
+
+
+def chain_algorithm(algo: Algorithm, n_chains: int) -> Algorithm:
+    """``algo`` as ``n_chains`` vmapped chains: state leaves gain a leading ``(K, ...)`` axis, metrics are
+    chain means, ``predict`` is the equal-weight mixture, ``diagnostics`` adds R-hat / ESS across chains."""
+    def init(key):
+        return jax.vmap(algo.init)(jax.random.split(key, n_chains))
 
     def step(states, batch):
-        states, metrics = jax.vmap(method.step, in_axes=(0, None))(states, batch)
+        states, metrics = jax.vmap(algo.step, in_axes=(0, None))(states, batch)
         return states, jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), metrics)
 
     def predict(states, x):
-        return chain_mixture(jax.vmap(method.predict, in_axes=(0, None))(states, x))
+        return chain_mixture(jax.vmap(algo.predict, in_axes=(0, None))(states, x))
+
+    def predict_mixture(states, x) -> Mixture:
+        """Every chain's components, weights divided by ``K`` (a chain without its own mixture is one
+        Gaussian / categorical component)."""
+        if algo.predict_mixture is not None:
+            mix = jax.vmap(algo.predict_mixture, in_axes=(0, None))(states, x)
+            flat = jax.tree_util.tree_map(lambda a: a.reshape(-1, *a.shape[2:]), mix)
+            return flat._replace(weights=flat.weights / n_chains)
+        p = jax.vmap(algo.predict, in_axes=(0, None))(states, x)
+        leaf = p.mean if p.mean is not None else p.probs
+        return Mixture(weights=jnp.full((n_chains,), 1.0 / n_chains, leaf.dtype), mean=p.mean, var=p.var,
+                       probs=p.probs)
 
     end_epoch = None
-    if method.end_epoch is not None:
+    if algo.end_epoch is not None:
         def end_epoch(states, epoch):
-            return jax.vmap(method.end_epoch, in_axes=(0, None))(states, epoch)
+            return jax.vmap(algo.end_epoch, in_axes=(0, None))(states, epoch)
 
     sparsity = None
-    if method.sparsity is not None:
+    if algo.sparsity is not None:
         def sparsity(states):
-            per = [method.sparsity(chain_slice(states, k)) for k in range(n_chains_of(states))]
+            per = [algo.sparsity(chain_slice(states, k)) for k in range(n_chains_of(states))]
             out = {}
             for name in per[0]:
                 v = np.mean([np.asarray(p[name], np.float64) for p in per], axis=0)
@@ -150,8 +170,8 @@ def with_chains(method: Method, n_chains: int) -> Method:
 
     def diagnostics(states):
         out: dict = {"chains": n_chains_of(states)}
-        if method.diagnostics is not None:
-            out["per_chain"] = [method.diagnostics(chain_slice(states, k)) for k in range(n_chains_of(states))]
+        if algo.diagnostics is not None:
+            out["per_chain"] = [algo.diagnostics(chain_slice(states, k)) for k in range(n_chains_of(states))]
         rhat, ess = {}, {}
         scalars = scalar_sample_draws(states)
         for name, draws in scalars.items():
@@ -162,6 +182,5 @@ def with_chains(method: Method, n_chains: int) -> Method:
         out["rhat"], out["ess_bulk"] = rhat, ess
         return out
 
-    return dataclasses.replace(method, init=init, step=step, predict=predict, end_epoch=end_epoch, sparsity=sparsity,
-                               diagnostics=diagnostics,
-                               description=f"{method.description} [{n_chains} chains, mixed]")
+    return Algorithm(init=init, step=step, predict=predict, end_epoch=end_epoch, sparsity=sparsity,
+                     diagnostics=diagnostics, predict_mixture=predict_mixture)

@@ -43,9 +43,10 @@ import numpy as np
 from emtdamp.em_mcmc import EMMCMCState, compact_mlp, count_groups, em_mcmc, em_mcmc_step, flax_group_spec, make_hyper
 from emtdamp.em_mcmc.groups import weight_mask
 from emtdamp.losses import data_loss
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.base import Algorithm, Batch, DataSpec, Method, Mixture, ModelSpec, Predictive, hparam
 from emtdamp.methods.registry import register
 from emtdamp.models.network import build_network, kernels
+from emtdamp.pytrees import is_kernel
 from emtdamp.sgmcmc.samples import (
     SampleBuffer,
     buffer_init,
@@ -192,16 +193,35 @@ def sample_predictive(apply_fn, state: EMMCMCMethodState, x: jax.Array, task: st
     return Predictive(probs=jnp.where(have, mixture_probs(outs, w), jax.nn.softmax(cur, axis=-1)))
 
 
-def build_em_mcmc() -> Method:
-    cfg: dict = {}
+def sample_mixture(apply_fn, state: EMMCMCMethodState, x: jax.Array, task: str) -> Mixture:
+    """The posterior predictive of :func:`sample_predictive` as its components: one per collected iterate
+    (output ``(S, n, d)`` and the noise variance kept with it), the current iterate during burn-in."""
+    ring = ring_samples(state.samples)
+    have = state.samples.n_collected > 0
+    w = buffer_weights(state.samples)
+    w = jnp.where(have, w, jnp.zeros_like(w).at[0].set(1.0))
+    outs = jax.lax.map(lambda p: apply_fn(p, x), ring["params"])
+    outs = jnp.where(have, outs, apply_fn(state.params, x)[None])
+    if task == "regression":
+        v = jnp.where(have, ring["noise_var"], state.noise_var)
+        return Mixture(weights=w, mean=outs, var=jnp.broadcast_to(v[:, None, None], outs.shape))
+    return Mixture(weights=w, probs=jax.nn.softmax(outs, axis=-1))
 
-    def init(key, model: ModelSpec, data: DataSpec, hp: EMMCMCHParams) -> EMMCMCMethodState:
+
+def build_em_mcmc() -> Method:
+    def build(model: ModelSpec, data: DataSpec, hp: EMMCMCHParams) -> Algorithm:
         init_fn, apply_fn = build_network(model, data)
-        k_p, k_o = jax.random.split(key)
-        params = jax.tree_util.tree_map_with_path(
-            lambda path, v: v * hp.init_scale if getattr(path[-1], "key", None) == "kernel" else v, init_fn(k_p))
-        spec = flax_group_spec(params)  # = mlp_group_spec for an MLP
-        dtype = kernels(params)[0].dtype
+        if hp.learn_noise and hp.loss_scale != 1.0:
+            raise ValueError("em_mcmc: learn_noise replaces loss_scale (the noise variance is learned); "
+                             f"leave loss_scale at 1, got {hp.loss_scale}")
+
+        def init_params(k):
+            return jax.tree_util.tree_map_with_path(
+                lambda path, v: v * hp.init_scale if is_kernel(path) else v, init_fn(k))
+
+        shapes = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+        spec = flax_group_spec(shapes)  # = mlp_group_spec for an MLP
+        dtype = kernels(shapes)[0].dtype
         n = float(data.n_train)
         hyper = make_hyper(
             dtype, n_data=n, c2_peak=hp.c2_peak, cycle_epochs=hp.cycle_epochs, beta1=hp.beta1,
@@ -211,68 +231,73 @@ def build_em_mcmc() -> Method:
             steps_per_epoch=hp.steps_per_epoch, em_enabled=hp.sparse, soft_estep=hp.estep == "soft",
             update_theta=hp.update_theta, posterior_noise=hp.noise == "posterior",
             rho_adapt_steps=_burn_in_steps(hp.burn_in, hp.steps_per_epoch) if hp.noise == "posterior" else -1)
-        tx = em_mcmc(spec, k_o, hyper, store_noise=hp.store_noise)
-        opt = tx.init(params)
-        lt = float(np.log(hp.theta0) - np.log1p(-hp.theta0))
-        opt = opt._replace(logit_theta=jnp.asarray(lt, dtype))
-        if hp.learn_noise and hp.loss_scale != 1.0:
-            raise ValueError("em_mcmc: learn_noise replaces loss_scale (the noise variance is learned); "
-                             f"leave loss_scale at 1, got {hp.loss_scale}")
-        cfg.update(task=data.task, apply=apply_fn, kind=model.kind, spec=spec, loss_scale=hp.loss_scale,
-                   learn_noise=hp.learn_noise and data.task == "regression", posterior=hp.noise == "posterior",
-                   floor=hp.noise_floor)
-        noise_var = jnp.asarray(hp.noise_init, dtype)
-        samples = buffer_init({"params": params, "noise_var": noise_var}, hp.n_samples,
-                              _burn_in_steps(hp.burn_in, hp.steps_per_epoch), hp.thin)
-        state = EMMCMCMethodState(params=params, opt=opt, noise_var=noise_var,
-                                  rss=jnp.zeros(2, dtype), burn_in_epochs=jnp.asarray(hp.burn_in, jnp.int32),
-                                  samples=samples, count=jnp.asarray(0, jnp.int32))
-        # distinct buffers for every leaf: the training loop donates the state to its jitted epoch
-        return jax.tree_util.tree_map(lambda v: jnp.array(v, copy=True), state)
+        task, kind = data.task, model.kind
+        learn_noise = hp.learn_noise and data.task == "regression"
 
-    def step(state: EMMCMCMethodState, batch: Batch):
-        v = state.noise_var if cfg["learn_noise"] else None
-        (_, (loss, rss, n_res)), grads = jax.value_and_grad(_loss_fn, argnums=1, has_aux=True)(
-            cfg["apply"], state.params, batch, cfg["task"], cfg["loss_scale"], v)
-        params, opt = em_mcmc_step(cfg["spec"], grads, state.opt, state.params)
-        count = state.count + 1
-        samples = buffer_update(state.samples, {"params": params, "noise_var": state.noise_var}, count)
-        kept = sum(jnp.sum(k[0]) for k in opt.keep if len(k))
-        new = state.replace(params=params, opt=opt, rss=state.rss + jnp.stack([rss, n_res]).astype(state.rss.dtype),
-                            samples=samples, count=count)
-        return new, {"loss": loss, "groups_kept": kept.astype(loss.dtype), "noise_var": state.noise_var}
+        def init(key) -> EMMCMCMethodState:
+            k_p, k_o = jax.random.split(key)
+            params = init_params(k_p)
+            tx = em_mcmc(spec, k_o, hyper, store_noise=hp.store_noise)
+            opt = tx.init(params)
+            lt = float(np.log(hp.theta0) - np.log1p(-hp.theta0))
+            opt = opt._replace(logit_theta=jnp.asarray(lt, dtype))
+            noise_var = jnp.asarray(hp.noise_init, dtype)
+            samples = buffer_init({"params": params, "noise_var": noise_var}, hp.n_samples,
+                                  _burn_in_steps(hp.burn_in, hp.steps_per_epoch), hp.thin)
+            state = EMMCMCMethodState(params=params, opt=opt, noise_var=noise_var,
+                                      rss=jnp.zeros(2, dtype), burn_in_epochs=jnp.asarray(hp.burn_in, jnp.int32),
+                                      samples=samples, count=jnp.asarray(0, jnp.int32))
+            # distinct buffers for every leaf: the training loop donates the state to its jitted epoch
+            return jax.tree_util.tree_map(lambda v: jnp.array(v, copy=True), state)
 
-    def end_epoch(state: EMMCMCMethodState, epoch) -> EMMCMCMethodState:
-        h = state.opt.hyper
-        measured = (state.opt.count // (jnp.asarray(epoch, jnp.int32) + 1)).astype(jnp.int32)
-        spe = jnp.where(h.steps_per_epoch > 0, h.steps_per_epoch, measured)
-        burn = state.burn_in_epochs * spe                               # burn-in in iterations
-        rho_adapt = jnp.where(h.posterior_noise, burn, -1).astype(jnp.int32)
-        opt = state.opt._replace(hyper=h._replace(steps_per_epoch=spe, rho_adapt_steps=rho_adapt))
-        noise_var = noise_mstep(state.rss, state.noise_var, cfg["floor"]) if cfg["task"] == "regression" \
-            else state.noise_var
-        return state.replace(opt=opt, noise_var=noise_var, rss=jnp.zeros_like(state.rss),
-                             samples=state.samples.replace(burn_in=burn.astype(jnp.int32)))
+        def step(state: EMMCMCMethodState, batch: Batch):
+            v = state.noise_var if learn_noise else None
+            (_, (loss, rss, n_res)), grads = jax.value_and_grad(_loss_fn, argnums=1, has_aux=True)(
+                apply_fn, state.params, batch, task, hp.loss_scale, v)
+            params, opt = em_mcmc_step(spec, grads, state.opt, state.params)
+            count = state.count + 1
+            samples = buffer_update(state.samples, {"params": params, "noise_var": state.noise_var}, count)
+            kept = sum(jnp.sum(k[0]) for k in opt.keep if len(k))
+            new = state.replace(params=params, opt=opt, rss=state.rss + jnp.stack([rss, n_res]).astype(state.rss.dtype),
+                                samples=samples, count=count)
+            return new, {"loss": loss, "groups_kept": kept.astype(loss.dtype), "noise_var": state.noise_var}
 
-    def predict(state: EMMCMCMethodState, x) -> Predictive:
-        return sample_predictive(cfg["apply"], state, x, cfg["task"])
+        def end_epoch(state: EMMCMCMethodState, epoch) -> EMMCMCMethodState:
+            h = state.opt.hyper
+            measured = (state.opt.count // (jnp.asarray(epoch, jnp.int32) + 1)).astype(jnp.int32)
+            spe = jnp.where(h.steps_per_epoch > 0, h.steps_per_epoch, measured)
+            burn = state.burn_in_epochs * spe                               # burn-in in iterations
+            rho_adapt = jnp.where(h.posterior_noise, burn, -1).astype(jnp.int32)
+            opt = state.opt._replace(hyper=h._replace(steps_per_epoch=spe, rho_adapt_steps=rho_adapt))
+            noise_var = noise_mstep(state.rss, state.noise_var, hp.noise_floor) if task == "regression" \
+                else state.noise_var
+            return state.replace(opt=opt, noise_var=noise_var, rss=jnp.zeros_like(state.rss),
+                                 samples=state.samples.replace(burn_in=burn.astype(jnp.int32)))
 
-    def sparsity(state: EMMCMCMethodState) -> dict:
-        pruned, total = count_groups(state.opt.keep)
-        zeros = sum(int(jnp.sum(k == 0)) for k in kernels(state.params))
-        n_w = sum(int(k.size) for k in kernels(state.params))
-        if cfg["kind"] == "mlp":
-            small, _ = compact_mlp(state.params, state.opt.keep)  # the physically smaller network
-            remaining = sum(int(v.size) for layer in small for v in layer.values())
-        else:  # CNN: counted from the masks (kept kernel entries + every bias), not compacted
-            leaves = jax.tree_util.tree_leaves(state.params)
-            remaining = sum(int(jnp.sum(weight_mask(k, w))) if len(k) else int(w.size)
-                            for w, k in zip(leaves, state.opt.keep, strict=True))
-        return {"neurons_pruned_frac": pruned / max(total, 1), "weights_zero_frac": zeros / max(n_w, 1),
-                "params_remaining": remaining}
+        def predict(state: EMMCMCMethodState, x) -> Predictive:
+            return sample_predictive(apply_fn, state, x, task)
 
-    return Method(name="em_mcmc", hparams_cls=EMMCMCHParams, init=init, step=step, predict=predict,
-                  sparsity=sparsity, end_epoch=end_epoch,
+        def predict_mixture(state: EMMCMCMethodState, x) -> Mixture:
+            return sample_mixture(apply_fn, state, x, task)
+
+        def sparsity(state: EMMCMCMethodState) -> dict:
+            pruned, total = count_groups(state.opt.keep)
+            zeros = sum(int(jnp.sum(k == 0)) for k in kernels(state.params))
+            n_w = sum(int(k.size) for k in kernels(state.params))
+            if kind == "mlp":
+                small, _ = compact_mlp(state.params, state.opt.keep)  # the physically smaller network
+                remaining = sum(int(v.size) for layer in small for v in layer.values())
+            else:  # CNN: counted from the masks (kept kernel entries + every bias), not compacted
+                leaves = jax.tree_util.tree_leaves(state.params)
+                remaining = sum(int(jnp.sum(weight_mask(k, w))) if len(k) else int(w.size)
+                                for w, k in zip(leaves, state.opt.keep, strict=True))
+            return {"neurons_pruned_frac": pruned / max(total, 1), "weights_zero_frac": zeros / max(n_w, 1),
+                    "params_remaining": remaining}
+
+        return Algorithm(init=init, step=step, predict=predict, sparsity=sparsity, end_epoch=end_epoch,
+                         predict_mixture=predict_mixture)
+
+    return Method(name="em_mcmc", hparams_cls=EMMCMCHParams, build=build,
                   description="EM-MCMC (Ke & Fan): adaptive mean-field VI / preconditioned SGHMC with a "
                               "spike-and-slab group prior and one-shot group pruning")
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from emtdamp import tdamp
 from emtdamp.methods.base import DataSpec, ModelSpec, Predictive, hparam
 from emtdamp.methods.emtdamp_method import EmtdampHParams, tdamp_hparams, tdamp_predictive
-from emtdamp.methods.federated import FedMethod, FedSettings, scan_local
+from emtdamp.methods.federated import FedAlgorithm, FedMethod, FedSettings, scan_local
 from emtdamp.methods.registry import register_fed
 from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
@@ -83,9 +83,7 @@ def aggregate_gaussian(m, v, prior_m, prior_v, weights, rule: str, step: float =
 
 
 def build_emtdamp_fed() -> FedMethod:
-    cfg: dict = {}
-
-    def init(key, model: ModelSpec, data: DataSpec, hp: EmtdampFedHParams, batch_size: int) -> TdampState:
+    def build(model: ModelSpec, data: DataSpec, hp: EmtdampFedHParams, batch_size: int) -> FedAlgorithm:
         mlp.require_mlp(model, "emtdamp_fed", "its message passing runs over the declared MLP's layers")
         if model.activation != "relu":
             raise ValueError(f"emtdamp_fed supports ReLU networks only (got activation {model.activation!r})")
@@ -96,73 +94,74 @@ def build_emtdamp_fed() -> FedMethod:
         thp = tdamp_hparams(hp, data.task, dtype)
         # clients: v held at the broadcast value, supports carried by PasP (rho_g <- pi_g)
         local = dataclasses.replace(thp, v_update="fixed", rho_mode="group", v_schedule="minibatch")
-        cfg.update(hp=hp, task=data.task, thp=thp, local=local, bs=batch_size)
-        return tdamp.init(key, model.layer_sizes(data), thp)
+        task, sizes = data.task, model.layer_sizes(data)
 
-    def client_update(server: TdampState, x, y, mask, key) -> TdampState:
-        local = cfg["local"]
+        def init(key) -> TdampState:
+            return tdamp.init(key, sizes, thp)
 
-        def step(s, xb, yb, wb):
-            s, _ = tdamp.step(s, xb, yb, local, wb)
-            return em.m_step(s, local)
+        def client_update(server: TdampState, x, y, mask, key) -> TdampState:
+            def step(s, xb, yb, wb):
+                s, _ = tdamp.step(s, xb, yb, local, wb)
+                return em.m_step(s, local)
 
-        zero = jnp.zeros_like(server.v)
-        start = server.replace(v_stat_acc=zero, v_count_acc=zero,
-                               layers=[lay.replace(lam_acc=jnp.zeros_like(lay.lam_acc)) for lay in server.layers])
-        return scan_local(step, start, x, y, mask, key, cfg["bs"], cfg["hp"].local_epochs)
+            zero = jnp.zeros_like(server.v)
+            start = server.replace(v_stat_acc=zero, v_count_acc=zero,
+                                   layers=[lay.replace(lam_acc=jnp.zeros_like(lay.lam_acc)) for lay in server.layers])
+            return scan_local(step, start, x, y, mask, key, batch_size, hp.local_epochs)
 
-    def aggregate(server: TdampState, msgs: TdampState, weights) -> TdampState:
-        hp, thp = cfg["hp"], cfg["thp"]
-        rule = hp.aggregation
-        eps = thp.rho_clip
-        live = (weights > 0).astype(server.v.dtype)
-        layers = []
-        for g, loc in zip(server.layers, msgs.layers, strict=True):
-            mu0, s0 = aggregate_gaussian(loc.mu0, loc.s0, g.mu0, g.s0, weights, rule, hp.server_step)
-            b0, vb0 = aggregate_gaussian(loc.b0, loc.vb0, g.b0, g.vb0, weights, rule, hp.server_step)
-            lg = _logit(loc.rho, eps)
-            wn = weights / jnp.maximum(weights.sum(), 1e-30)
-            if rule == "geometric":
-                logit_pi = jnp.tensordot(wn, lg, axes=1)
-            elif rule == "tempered":
-                g_lg = _logit(g.rho, eps)
-                logit_pi = g_lg + hp.server_step * live.sum() * jnp.tensordot(wn, lg - g_lg, axes=1)
-            else:
-                logit_pi = jnp.tensordot(live, lg, axes=1) - (live.sum() - 1.0) * _logit(g.rho, eps)
-            pi = jax.nn.sigmoid(logit_pi) * g.mask
-            if thp.rho_mode == "group":
-                rho = em.rho_group(pi, g.mask, eps)
-            elif thp.rho_mode == "layer":
-                rho = em.rho_layer(pi, g.mask, eps)
-            else:
-                rho = g.rho
-            W = rho[:, None] * mu0
-            VW = clip_var(rho[:, None] * (s0 + mu0**2) - W**2)
-            layers.append(g.replace(W=W, VW=VW, mu0=mu0, s0=s0, slab_m=mu0, slab_v=s0, b=b0, vb=vb0, b0=b0,
-                                    vb0=vb0, rho=rho, pi=pi, lam_acc=jnp.tensordot(live, loc.lam_acc, axes=1)))
-        stat = jnp.tensordot(live, msgs.v_stat_acc, axes=1)
-        count = jnp.tensordot(live, msgs.v_count_acc, axes=1)
-        new = server.replace(layers=layers, v_stat_acc=jnp.zeros_like(stat), v_count_acc=jnp.zeros_like(count),
-                             count=server.count + 1)
-        v = em.new_v(new, thp, None, stat, count)
-        new = new.replace(v=em.v_ema(server.v, v, thp.v_ema))
-        return prune.end_epoch(new, new.count, mode=hp.prune, kappa=hp.target_density, warm=hp.warm,
-                               ramp=hp.ramp, prune_inputs=hp.prune_inputs)
+        def aggregate(server: TdampState, msgs: TdampState, weights) -> TdampState:
+            rule = hp.aggregation
+            eps = thp.rho_clip
+            live = (weights > 0).astype(server.v.dtype)
+            layers = []
+            for g, loc in zip(server.layers, msgs.layers, strict=True):
+                mu0, s0 = aggregate_gaussian(loc.mu0, loc.s0, g.mu0, g.s0, weights, rule, hp.server_step)
+                b0, vb0 = aggregate_gaussian(loc.b0, loc.vb0, g.b0, g.vb0, weights, rule, hp.server_step)
+                lg = _logit(loc.rho, eps)
+                wn = weights / jnp.maximum(weights.sum(), 1e-30)
+                if rule == "geometric":
+                    logit_pi = jnp.tensordot(wn, lg, axes=1)
+                elif rule == "tempered":
+                    g_lg = _logit(g.rho, eps)
+                    logit_pi = g_lg + hp.server_step * live.sum() * jnp.tensordot(wn, lg - g_lg, axes=1)
+                else:
+                    logit_pi = jnp.tensordot(live, lg, axes=1) - (live.sum() - 1.0) * _logit(g.rho, eps)
+                pi = jax.nn.sigmoid(logit_pi) * g.mask
+                if thp.rho_mode == "group":
+                    rho = em.rho_group(pi, g.mask, eps)
+                elif thp.rho_mode == "layer":
+                    rho = em.rho_layer(pi, g.mask, eps)
+                else:
+                    rho = g.rho
+                W = rho[:, None] * mu0
+                VW = clip_var(rho[:, None] * (s0 + mu0**2) - W**2)
+                layers.append(g.replace(W=W, VW=VW, mu0=mu0, s0=s0, slab_m=mu0, slab_v=s0, b=b0, vb=vb0, b0=b0,
+                                        vb0=vb0, rho=rho, pi=pi, lam_acc=jnp.tensordot(live, loc.lam_acc, axes=1)))
+            stat = jnp.tensordot(live, msgs.v_stat_acc, axes=1)
+            count = jnp.tensordot(live, msgs.v_count_acc, axes=1)
+            new = server.replace(layers=layers, v_stat_acc=jnp.zeros_like(stat), v_count_acc=jnp.zeros_like(count),
+                                 count=server.count + 1)
+            v = em.new_v(new, thp, None, stat, count)
+            new = new.replace(v=em.v_ema(server.v, v, thp.v_ema))
+            return prune.end_epoch(new, new.count, mode=hp.prune, kappa=hp.target_density, warm=hp.warm,
+                                   ramp=hp.ramp, prune_inputs=hp.prune_inputs)
 
-    def predict(state: TdampState, x) -> Predictive:
-        return tdamp_predictive(state, x, cfg["task"], cfg["hp"].plug_in)
+        def predict(state: TdampState, x) -> Predictive:
+            return tdamp_predictive(state, x, task, hp.plug_in)
 
-    def upload_bytes(state: TdampState) -> int:
-        """Float32 bytes one client uploads: slab mean+variance of the weights in unpruned groups,
-        support logit and evidence per group, bias mean+variance, and the two v statistics."""
-        n = 2
-        for lay in state.layers:
-            alive = float(jnp.sum(lay.mask))
-            n += 2 * int(alive * lay.W.shape[1]) + 2 * lay.mask.shape[0] + 2 * lay.b.shape[0]
-        return 4 * n
+        def upload_bytes(state: TdampState) -> int:
+            """Float32 bytes one client uploads: slab mean+variance of the weights in unpruned groups,
+            support logit and evidence per group, bias mean+variance, and the two v statistics."""
+            n = 2
+            for lay in state.layers:
+                alive = float(jnp.sum(lay.mask))
+                n += 2 * int(alive * lay.W.shape[1]) + 2 * lay.mask.shape[0] + 2 * lay.b.shape[0]
+            return 4 * n
 
-    return FedMethod(name="emtdamp_fed", hparams_cls=EmtdampFedHParams, init=init, client_update=client_update,
-                     aggregate=aggregate, predict=predict, upload_bytes=upload_bytes, sparsity=prune.sparsity,
+        return FedAlgorithm(init=init, client_update=client_update, aggregate=aggregate, predict=predict,
+                            upload_bytes=upload_bytes, sparsity=prune.sparsity)
+
+    return FedMethod(name="emtdamp_fed", hparams_cls=EmtdampFedHParams, build=build,
                      description="Bayesian FL with EM-TDAMP: clients run TDAMP, server aggregates posteriors + EM")
 
 

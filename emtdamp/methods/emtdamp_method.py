@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from emtdamp import tdamp
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.base import Algorithm, Batch, DataSpec, Method, ModelSpec, Predictive, hparam
 from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
@@ -68,35 +68,32 @@ def tdamp_predictive(state, x, task: str, plug_in: bool) -> Predictive:
 @register("emtdamp")
 def build_emtdamp() -> Method:
     """EM-TDAMP (Xu et al., 2024) as a :class:`~emtdamp.methods.base.Method`."""
-    cfg: dict = {}
 
-    def init(key, model: ModelSpec, data: DataSpec, hp: EmtdampHParams):
+    def build(model: ModelSpec, data: DataSpec, hp: EmtdampHParams) -> Algorithm:
         mlp.require_mlp(model, "emtdamp", "its message passing runs over the declared MLP's layers")
         if model.activation != "relu":
             raise ValueError(f"emtdamp supports ReLU networks only (got activation {model.activation!r})")
         dtype = str(jnp.dtype(jnp.result_type(float)))  # float64 when x64 is enabled, else float32
-        cfg.update(hp=hp, task=data.task, thp=tdamp_hparams(hp, data.task, dtype))
-        return tdamp.init(key, model.layer_sizes(data), cfg["thp"])
+        task, thp, sizes = data.task, tdamp_hparams(hp, data.task, dtype), model.layer_sizes(data)
 
-    def step(state, batch: Batch):
-        thp = cfg["thp"]
-        state, info = tdamp.step(state, batch.x, batch.y, thp, batch.w)
-        state = em.m_step(state, thp, info["zstats"])
-        return state, {"loss": info["loss"], "v": state.v}
+        def init(key):
+            return tdamp.init(key, sizes, thp)
 
-    def end_epoch(state, epoch):
-        hp, thp = cfg["hp"], cfg["thp"]
-        state = em.end_epoch_v(state, thp)
-        state = tdamp.end_epoch(state, thp)
-        return prune.end_epoch(state, epoch, mode=hp.prune, kappa=hp.target_density, warm=hp.warm,
-                               ramp=hp.ramp, prune_inputs=hp.prune_inputs)
+        def step(state, batch: Batch):
+            state, info = tdamp.step(state, batch.x, batch.y, thp, batch.w)
+            state = em.m_step(state, thp, info["zstats"])
+            return state, {"loss": info["loss"], "v": state.v}
 
-    def predict(state, x) -> Predictive:
-        return tdamp_predictive(state, x, cfg["task"], cfg["hp"].plug_in)
+        def end_epoch(state, epoch):
+            state = em.end_epoch_v(state, thp)
+            state = tdamp.end_epoch(state, thp)
+            return prune.end_epoch(state, epoch, mode=hp.prune, kappa=hp.target_density, warm=hp.warm,
+                                   ramp=hp.ramp, prune_inputs=hp.prune_inputs)
 
-    def sparsity(state) -> dict:
-        return prune.sparsity(state)
+        def predict(state, x) -> Predictive:
+            return tdamp_predictive(state, x, task, hp.plug_in)
 
-    return Method(name="emtdamp", hparams_cls=EmtdampHParams, init=init, step=step, predict=predict,
-                  sparsity=sparsity, end_epoch=end_epoch,
+        return Algorithm(init=init, step=step, predict=predict, sparsity=prune.sparsity, end_epoch=end_epoch)
+
+    return Method(name="emtdamp", hparams_cls=EmtdampHParams, build=build,
                   description="EM-TDAMP: group-sparse Bayesian MLP by turbo deep AMP + EM (message passing)")

@@ -11,7 +11,7 @@ import optax
 
 from emtdamp.losses import data_loss, point_predictive
 from emtdamp.methods.base import Batch, DataSpec, ModelSpec, Predictive, hparam
-from emtdamp.methods.federated import FedMethod, FedSettings, scan_local, weighted_mean
+from emtdamp.methods.federated import FedAlgorithm, FedMethod, FedSettings, scan_local, weighted_mean
 from emtdamp.methods.registry import register_fed
 from emtdamp.models import mlp
 from emtdamp.models.network import build_network
@@ -27,43 +27,43 @@ class FedAvgHParams(FedSettings):
 
 
 def build_fedavg() -> FedMethod:
-    cfg: dict = {}
-
-    def init(key, model: ModelSpec, data: DataSpec, hp: FedAvgHParams, batch_size: int):
+    def build(model: ModelSpec, data: DataSpec, hp: FedAvgHParams, batch_size: int) -> FedAlgorithm:
         init_fn, apply_fn = build_network(model, data)   # mlp, cnn or the user's flax module
         if hp.optimizer == "adam":
             tx = optax.adam(hp.learning_rate)
         else:
             tx = optax.sgd(hp.learning_rate, hp.momentum or None)
-        cfg.update(task=data.task, apply=apply_fn, tx=tx, bs=batch_size, epochs=hp.local_epochs)
-        params = init_fn(key)
-        return {"params": params, "noise_var": jnp.asarray(1.0, jax.tree_util.tree_leaves(params)[0].dtype)}
+        task = data.task
 
-    def client_update(server, x, y, mask, key):
-        tx = cfg["tx"]
+        def init(key):
+            params = init_fn(key)
+            return {"params": params, "noise_var": jnp.asarray(1.0, jax.tree_util.tree_leaves(params)[0].dtype)}
 
-        def step(st, xb, yb, wb):
-            params, opt, _ = st
-            loss, g = jax.value_and_grad(data_loss, argnums=1)(cfg["apply"], params, Batch(xb, yb, wb), cfg["task"])
-            upd, opt = tx.update(g, opt, params)
-            return optax.apply_updates(params, upd), opt, loss.astype(jax.tree_util.tree_leaves(params)[0].dtype)
+        def client_update(server, x, y, mask, key):
+            def step(st, xb, yb, wb):
+                params, opt, _ = st
+                loss, g = jax.value_and_grad(data_loss, argnums=1)(apply_fn, params, Batch(xb, yb, wb), task)
+                upd, opt = tx.update(g, opt, params)
+                return optax.apply_updates(params, upd), opt, loss.astype(jax.tree_util.tree_leaves(params)[0].dtype)
 
-        params = server["params"]
-        params, _, last_loss = scan_local(step, (params, tx.init(params), jnp.zeros((), x.dtype)), x, y, mask,
-                                          key, cfg["bs"], cfg["epochs"])
-        return {"params": params, "noise_var": last_loss}
+            params = server["params"]
+            params, _, last_loss = scan_local(step, (params, tx.init(params), jnp.zeros((), x.dtype)), x, y, mask,
+                                              key, batch_size, hp.local_epochs)
+            return {"params": params, "noise_var": last_loss}
 
-    def aggregate(server, msgs, weights):
-        return weighted_mean(msgs, weights)
+        def aggregate(server, msgs, weights):
+            return weighted_mean(msgs, weights)
 
-    def predict(server, x) -> Predictive:
-        return point_predictive(cfg["apply"](server["params"], x), cfg["task"], server["noise_var"])
+        def predict(server, x) -> Predictive:
+            return point_predictive(apply_fn(server["params"], x), task, server["noise_var"])
 
-    def upload_bytes(server) -> int:
-        return 4 * mlp.count_params(server["params"])
+        def upload_bytes(server) -> int:
+            return 4 * mlp.count_params(server["params"])
 
-    return FedMethod(name="fedavg", hparams_cls=FedAvgHParams, init=init, client_update=client_update,
-                     aggregate=aggregate, predict=predict, upload_bytes=upload_bytes,
+        return FedAlgorithm(init=init, client_update=client_update, aggregate=aggregate, predict=predict,
+                            upload_bytes=upload_bytes)
+
+    return FedMethod(name="fedavg", hparams_cls=FedAvgHParams, build=build,
                      description="FedAvg with local adam/sgd (optax); server averages weights by data count")
 
 

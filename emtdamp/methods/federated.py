@@ -1,6 +1,7 @@
 """The contract of a federated method, and the helpers method authors build client updates from.
 
-A federated method is a :class:`FedMethod`: ``init`` gives the server state; ``client_update`` maps
+A federated method is a :class:`FedMethod`; its ``build`` gives a :class:`FedAlgorithm`: ``init`` gives the
+server state; ``client_update`` maps
 (server state, one client's padded data, key) to the message that client uploads; ``aggregate``
 combines the stacked messages of the selected clients into the next server state. The round runner
 (:func:`emtdamp.loops.federated.make_round_fn`) selects clients, runs ``vmap(client_update)`` over them and
@@ -23,28 +24,38 @@ PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class FedMethod:
-    """A federated method as pure functions.
+class FedAlgorithm:
+    """A federated method bound to one model, data spec, hyperparameters and local batch size.
 
-    ``init(key, model, data_spec, hparams, batch_size) -> server_state`` (``batch_size`` = the
-    clients' local minibatch size, ``train.batch_size``);
+    ``init(key) -> server_state``;
     ``client_update(server_state, x (n_max, d), y (n_max, ...), mask (n_max,), key) -> msg`` (pure,
     vmappable over a leading client axis; padding rows, mask 0, change nothing);
     ``aggregate(server_state, msgs, weights (m,)) -> server_state`` with ``msgs`` stacked over the
     ``m`` selected clients and ``weights`` their data counts (0 for filler clients);
     ``predict(server_state, x) -> Predictive``; ``upload_bytes(server_state) -> int`` bytes one
     client sends per round; optional ``sparsity(server_state) -> dict``.
-    The method's ``hparams_cls`` must inherit :class:`FedSettings`.
+    The static configuration is closed over (fixed by :attr:`FedMethod.build`), so a client process
+    that built the same algorithm runs ``client_update`` on a received server state without ``init``.
     """
 
-    name: str
-    hparams_cls: type
     init: Callable
     client_update: Callable
     aggregate: Callable
     predict: Callable
     upload_bytes: Callable
     sparsity: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FedMethod:
+    """A registered federated method: ``build(model, data_spec, hparams, batch_size) -> FedAlgorithm``
+    (``batch_size`` = the clients' local minibatch size, ``train.batch_size``).
+    The method's ``hparams_cls`` must inherit :class:`FedSettings`.
+    """
+
+    name: str
+    hparams_cls: type
+    build: Callable[..., FedAlgorithm]
     description: str = ""
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from emtdamp.losses import data_loss, point_predictive
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.base import Algorithm, Batch, DataSpec, Method, ModelSpec, Predictive, hparam
 from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.models.network import build_network, kernels
@@ -59,32 +59,34 @@ def build_optax_method(name: str) -> Method:
             return optax.inject_hyperparams(optax.sgd)(learning_rate=hp.learning_rate, momentum=hp.momentum)
         return optax.inject_hyperparams(optax.adam)(learning_rate=hp.learning_rate)
 
-    cfg: dict = {}
-
-    def init(key, model: ModelSpec, data: DataSpec, hp: OptaxHParams) -> OptaxState:
+    def build(model: ModelSpec, data: DataSpec, hp: OptaxHParams) -> Algorithm:
         init_fn, apply_fn = build_network(model, data)
-        cfg.update(task=data.task, apply=apply_fn, weight_decay=hp.weight_decay, tx=make_tx(hp))
-        params = init_fn(key)
-        return OptaxState(params=params, opt_state=cfg["tx"].init(params),
-                          noise_var=jnp.asarray(1.0, jnp.float32),
-                          learning_rate=jnp.asarray(hp.learning_rate, jnp.float32),
-                          count=jnp.asarray(0, jnp.int32))
+        task, weight_decay, tx = data.task, hp.weight_decay, make_tx(hp)
 
-    def step(state: OptaxState, batch: Batch):
-        (loss, data_loss), grads = jax.value_and_grad(_net_loss, argnums=1, has_aux=True)(
-            cfg["apply"], state.params, batch, cfg["task"], cfg["weight_decay"])
-        opt_state = state.opt_state
-        opt_state.hyperparams["learning_rate"] = state.learning_rate
-        updates, opt_state = cfg["tx"].update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        noise_var = state.noise_var
-        if cfg["task"] == "regression":
-            noise_var = jnp.where(state.count == 0, data_loss, 0.95 * noise_var + 0.05 * data_loss)
-        new = state.replace(params=params, opt_state=opt_state, noise_var=noise_var, count=state.count + 1)
-        return new, {"loss": data_loss}
+        def init(key) -> OptaxState:
+            params = init_fn(key)
+            return OptaxState(params=params, opt_state=tx.init(params),
+                              noise_var=jnp.asarray(1.0, jnp.float32),
+                              learning_rate=jnp.asarray(hp.learning_rate, jnp.float32),
+                              count=jnp.asarray(0, jnp.int32))
 
-    def predict(state: OptaxState, x) -> Predictive:
-        return point_predictive(cfg["apply"](state.params, x), cfg["task"], state.noise_var)
+        def step(state: OptaxState, batch: Batch):
+            (loss, data_loss), grads = jax.value_and_grad(_net_loss, argnums=1, has_aux=True)(
+                apply_fn, state.params, batch, task, weight_decay)
+            opt_state = state.opt_state
+            opt_state.hyperparams["learning_rate"] = state.learning_rate
+            updates, opt_state = tx.update(grads, opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            noise_var = state.noise_var
+            if task == "regression":
+                noise_var = jnp.where(state.count == 0, data_loss, 0.95 * noise_var + 0.05 * data_loss)
+            new = state.replace(params=params, opt_state=opt_state, noise_var=noise_var, count=state.count + 1)
+            return new, {"loss": data_loss}
+
+        def predict(state: OptaxState, x) -> Predictive:
+            return point_predictive(apply_fn(state.params, x), task, state.noise_var)
+
+        return Algorithm(init=init, step=step, predict=predict, sparsity=sparsity)
 
     def sparsity(state: OptaxState) -> dict:
         n = mlp.count_params(state.params)
@@ -92,8 +94,9 @@ def build_optax_method(name: str) -> Method:
         n_w = sum(k.size for k in kernels(state.params))
         return {"neurons_pruned_frac": 0.0, "weights_zero_frac": float(zeros) / n_w, "params_remaining": n}
 
-    return Method(name=name, hparams_cls=OptaxHParams, init=init, step=step, predict=predict,
-                  sparsity=sparsity, description=f"{name} (optax) point estimate, MSE / cross-entropy")
+    return Method(name=name, hparams_cls=OptaxHParams, build=build,
+                  description=f"{name} (optax) point estimate, MSE / cross-entropy")
+
 
 
 register("sgd")(lambda: build_optax_method("sgd"))

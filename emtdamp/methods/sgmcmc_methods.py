@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import chex
 import jax
@@ -78,10 +79,11 @@ import jax.numpy as jnp
 import optax
 
 from emtdamp import sgmcmc as sg
-from emtdamp.methods.base import Batch, DataSpec, Method, ModelSpec, Predictive, hparam
+from emtdamp.methods.base import Algorithm, Batch, DataSpec, Method, Mixture, ModelSpec, Predictive, hparam
 from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.models.network import build_network
+from emtdamp.pytrees import is_kernel, path_keys
 from emtdamp.sgmcmc.kernels import sample_noise_variance, update_noise_variance_halfnormal
 
 AUTO_LR_N = 1e-3
@@ -187,6 +189,36 @@ class SGMCMCState:
     noise_samples: sg.SampleBuffer  # s² at the kept samples (same slots as ``samples``)
 
 
+@dataclasses.dataclass(frozen=True)
+class SGMCMCStatic:
+    """What an SG-MCMC method fixes at build time (closed over by ``init`` / ``step`` / ``predict``).
+
+    ``keys``: the weight layers' keys in order (:func:`layer_keys` / :func:`kernel_paths`); ``dense``:
+    per layer, whether it is a dense kernel; ``sparse`` / ``prune_layers``: indices into ``keys`` of the
+    SSGL and the pruned layers; ``magnitude`` / ``rho_prune``: which pruning runs; the rest mirrors
+    :class:`SGMCMCHParams` and the :class:`~emtdamp.methods.base.DataSpec`.
+    """
+
+    task: str
+    apply: Callable
+    kind: str
+    keys: tuple
+    n_layers: int
+    dense: tuple[bool, ...]
+    sampler: str
+    sparse: tuple[int, ...]
+    prune_layers: tuple[int, ...]
+    magnitude: bool
+    rho_prune: bool
+    prune_every: int
+    n_train: int
+    n_out: int
+    n_samples: int
+    noise: str
+    noise_prior: str
+    lr_curvature: bool
+
+
 def layer_keys(params: list | dict) -> list:
     """Keys of the weight layers of an MLP or CNN params tree, in the network's order.
 
@@ -206,16 +238,10 @@ def layer_keys(params: list | dict) -> list:
     return sorted(params, key=order)
 
 
-def _keys(path) -> tuple:
-    """A jax key path (``DictKey`` / ``SequenceKey`` / ``GetAttrKey`` entries) as a tuple of plain keys."""
-    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None))) for k in path)
-
-
 def kernel_paths(params: dict) -> list[tuple]:
     """Paths (key tuples) of the sub-dicts holding a leaf named ``kernel``, in tree-flatten order: the weight
     layers of a user flax module (``model.kind: flax``), e.g. ``[("Dense_0",), ("block", "proj")]``."""
-    return [_keys(path)[:-1] for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-            if _keys(path)[-1] == "kernel"]
+    return [path_keys(path)[:-1] for path, _ in jax.tree_util.tree_flatten_with_path(params)[0] if is_kernel(path)]
 
 
 def _node(tree, key):
@@ -253,25 +279,26 @@ def _layers(sel: tuple[int, ...], names: list[str], what: str) -> tuple[int, ...
 
 def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default: float = 1.0) -> Method:
     """A registered SG-MCMC method (see the module docstring for the variants)."""
-    cfg: dict = {}
-
-    def init(key, model: ModelSpec, data: DataSpec, hp: SGMCMCHParams) -> SGMCMCState:
+    def build(model: ModelSpec, data: DataSpec, hp: SGMCMCHParams) -> Algorithm:
         if not isinstance(hp, SGMCMCHParams):
             raise TypeError(f"{name}: hparams must be SGMCMCHParams, got {type(hp).__name__}")
         dt = jnp.zeros(()).dtype
         kind = getattr(model, "kind", "mlp")
         init_fn, apply_fn = build_network(model, data)   # validates model.kind / the CNN against the data
-        kp, kr = jax.random.split(key)
-        if kind == "mlp":
-            params = mlp.init_mlp(kp, model.layer_sizes(data), dt)
-        else:   # flax initialises float32; the chain runs in the default float (float64 under x64)
-            params = jax.tree_util.tree_map(lambda v: v.astype(dt), init_fn(kp))
-        keys = kernel_paths(params) if kind == "flax" else layer_keys(params)
+
+        def init_params(kp):
+            if kind == "mlp":
+                return mlp.init_mlp(kp, model.layer_sizes(data), dt)
+            # flax initialises float32; the chain runs in the default float (float64 under x64)
+            return jax.tree_util.tree_map(lambda v: v.astype(dt), init_fn(kp))
+
+        shapes = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+        keys = kernel_paths(shapes) if kind == "flax" else layer_keys(shapes)
         if not keys:
             raise ValueError(f"{name}: the network has no weight layer (no parameter named 'kernel')")
         names = ["/".join(map(str, k)) if isinstance(k, tuple) else f"Dense_{k}" if isinstance(k, int) else k
                  for k in keys]
-        kshape = [_node(params, k)["kernel"].shape for k in keys]
+        kshape = [_node(shapes, k)["kernel"].shape for k in keys]
         n_layers = len(keys)
         sparse = _layers(hp.ssgl_layers, names, "ssgl_layers") if hp.prior == "ssgl" else ()
         prune_layers = _layers(hp.prune_layers, names, "prune_layers") if hp.prune_layers else sparse
@@ -290,211 +317,232 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
         if pruning and not prune_layers:
             raise ValueError(f"{name}: pruning needs at least one layer (prior='gaussian' has no SSGL layers; "
                              "set prune_layers)")
+        if hp.lr_units == "curvature" and hp.learning_rate <= 0:
+            raise ValueError(f"{name}: lr_units='curvature' needs learning_rate > 0 (ε·N/s², e.g. 0.02)")
         k_sizes = [math.prod(sh) for sh in kshape]
         n_prunable = sum(k_sizes[i] for i in prune_layers)
         s_eff = sg.inflated_target(hp.prune_target, sum(k_sizes), n_prunable) if hp.prune_target > 0 else 0.0
         scale = s_eff / hp.prune_target if hp.prune_target > 0 else 1.0
-        cfg.update(task=data.task, apply=apply_fn, kind=kind, keys=keys, n_layers=n_layers,
-                   dense=[len(sh) == 2 if kind == "flax" else not str(nm).startswith("Conv")
-                          for nm, sh in zip(names, kshape, strict=True)], sampler=sampler, sparse=sparse,
-                   prune_layers=prune_layers if pruning else (), magnitude=hp.prune_target > 0,
-                   rho_prune=hp.rho_prune_step > 0, prune_every=hp.prune_every, n_train=data.n_train,
-                   n_out=data.n_outputs, n_samples=hp.n_samples, noise=hp.noise,
-                   noise_prior=hp.noise_prior, lr_curvature=hp.lr_units == "curvature")
-        if jnp.issubdtype(kr.dtype, jax.dtypes.prng_key):   # keep raw uint32 key data (checkpointable)
-            kr = jax.random.key_data(kr)
-        xs = kernels_of(params, sparse)
-        if sparse:
-            b = [float(k_sizes[i]) if hp.beta_b <= 0 else hp.beta_b for i in sparse]
-            a = [float(k_sizes[i]) if hp.beta_a <= 0 else hp.beta_a for i in sparse]
-            hyper = sg.ssgl_hyper(len(sparse), v0=hp.v0, v1=hp.v1, a=tuple(a), b=tuple(b), nu=hp.nu, lam=hp.lam,
-                                  scale_by_sigma=hp.scale_by_sigma, sa_on_sigma=hp.sa_on_sigma,
-                                  learn_delta=hp.learn_delta, learn_sigma=hp.learn_sigma, dtype=dt)
-            lat = sg.init_latents(xs, rho=hp.rho_init, kappa0=hp.kappa0_init, kappa1=hp.kappa1_init,
-                                  delta=hp.delta_init, sigma=hp.sigma_init)
-        else:
-            hyper = None
-            lat = sg.latents_from_values(rho=[], kappa0=[], kappa1=[], delta=jnp.zeros((0,), dt),
-                                         sigma2=jnp.asarray(hp.sigma_init, dt) ** 2)
-        f = lambda v: jnp.asarray(v, dt)
-        anneal = hp.anneal_rate if hp.anneal_rate != 1.0 else anneal_default
-        if hp.lr_units == "curvature" and hp.learning_rate <= 0:
-            raise ValueError(f"{name}: lr_units='curvature' needs learning_rate > 0 (ε·N/s², e.g. 0.02)")
-        lr0 = hp.learning_rate if hp.learning_rate > 0 else AUTO_LR_N / data.n_train
-        s2_0 = {"sample": f(hp.noise_init), "sa": f(lat.sigma2), "fixed": f(hp.likelihood_var)}[hp.noise]
-        state = SGMCMCState(
-            params=params, momentum=jax.tree_util.tree_map(jnp.zeros_like, params), latents=lat, hyper=hyper,
-            masks=[jnp.ones(kshape[i], bool) for i in cfg["prune_layers"]],
-            lr=sg.polynomial_schedule(lr0, hp.lr_offset, hp.lr_decay, dt),
-            omega=sg.omega_schedule(omega_mode, A=hp.omega_a, Z=hp.omega_z, alpha=hp.omega_alpha,
-                                    cap=hp.omega_cap, dtype=dt),
-            prune=sg.prune_schedule(hp.prune_target, hp.prune_damping, hp.prune_gap, dt),
-            prune_scale=f(scale), noise_var=s2_0, noise_prior=jnp.asarray([hp.nu, hp.lam], dt),
-            noise_sd_scale=f(hp.noise_sd_scale),
-            rho_prune=jnp.asarray([hp.rho_prune_threshold, hp.rho_prune_step], dt),
-            momentum_decay=f(hp.momentum), weight_decay=f(hp.weight_decay), inv_temp=f(hp.inv_temp),
-            anneal_rate=f(anneal), count=jnp.asarray(0, jnp.int32), rng=kr,
-            samples=sg.buffer_init(params, hp.n_samples, hp.burn_in, hp.thin),
-            noise_samples=sg.buffer_init(s2_0, hp.n_samples, hp.burn_in, hp.thin))
-        # distinct buffers for every leaf: the training loop donates the state to its jitted epoch
-        return jax.tree_util.tree_map(lambda v: jnp.array(v, copy=True), state)
+        cfg = SGMCMCStatic(task=data.task, apply=apply_fn, kind=kind, keys=tuple(keys), n_layers=n_layers,
+                           dense=tuple(len(sh) == 2 if kind == "flax" else not str(nm).startswith("Conv")
+                                       for nm, sh in zip(names, kshape, strict=True)), sampler=sampler,
+                           sparse=sparse, prune_layers=prune_layers if pruning else (),
+                           magnitude=hp.prune_target > 0, rho_prune=hp.rho_prune_step > 0,
+                           prune_every=hp.prune_every, n_train=data.n_train, n_out=data.n_outputs,
+                           n_samples=hp.n_samples, noise=hp.noise, noise_prior=hp.noise_prior,
+                           lr_curvature=hp.lr_units == "curvature")
 
-    # ---------------------------------------------------------------------------------------------
-    def kernels_of(params, layers) -> list:
-        """Kernels of the weight layers ``layers`` (indices into the ordered layer list)."""
-        return [_node(params, cfg["keys"][i])["kernel"] for i in layers]
-
-    def per_row_nll(out, y, sigma2):
-        if cfg["task"] == "regression":
-            return jnp.sum((out - y) ** 2, axis=-1) / (2.0 * sigma2), jnp.mean((out - y) ** 2, axis=-1)
-        ce = optax.softmax_cross_entropy_with_integer_labels(out, y)
-        return ce, ce
-
-    def energy(params, batch: Batch, state: SGMCMCState):
-        n = jnp.maximum(jnp.sum(batch.w), 1.0)
-        out = cfg["apply"](params, batch.x)
-        nll, loss = per_row_nll(out, batch.y, state.noise_var)
-        u = cfg["n_train"] / n * jnp.sum(batch.w * nll)
-        sparse = cfg["sparse"]
-        l2 = 0.0
-        if cfg["kind"] == "flax":   # every leaf but the SSGL kernels (biases, norm scales, other kernels)
-            ssgl = {cfg["keys"][i] for i in sparse}
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-                keys = _keys(path)
-                if not (keys[-1] == "kernel" and keys[:-1] in ssgl):
-                    l2 = l2 + jnp.sum(leaf ** 2)
-        else:
-            for i, key in enumerate(cfg["keys"]):
-                if i not in sparse:
-                    l2 = l2 + jnp.sum(params[key]["kernel"] ** 2)
-                l2 = l2 + jnp.sum(params[key]["bias"] ** 2)
-        u = u + 0.5 * cfg["n_train"] * state.weight_decay * l2
-        if sparse:
-            u = u + sg.ssgl_penalty(kernels_of(params, sparse), state.latents)
-        return u, jnp.sum(batch.w * loss) / n
-
-    def mask_tree(tree, masks):
-        layers = cfg["prune_layers"]
-        new = [jnp.where(m, k, 0.0) for m, k in zip(masks, kernels_of(tree, layers), strict=True)]
-        return _with_kernels(tree, [cfg["keys"][i] for i in layers], new)
-
-    def step(state: SGMCMCState, batch: Batch):
-        rng, k_noise = jax.random.split(state.rng)
-        (u, loss), g = jax.value_and_grad(energy, has_aux=True)(state.params, batch, state)
-        eps = sg.schedule_value(state.lr, state.count)
-        if cfg["lr_curvature"]:   # ε = lr·s²/N, s² held fixed in this block (a function of the Gibbs state)
-            s2 = state.noise_var if cfg["task"] == "regression" else jnp.ones((), eps.dtype)
-            eps = eps * s2.astype(eps.dtype) / cfg["n_train"]
-        if cfg["sampler"] == "sgld":
-            params = sg.sgld_update(k_noise, state.params, g, eps, state.inv_temp)
-            mom = state.momentum
-        else:
-            params, mom = sg.sghmc_update(k_noise, state.params, state.momentum, g, eps, state.momentum_decay,
-                                          state.inv_temp)
-        params = mask_tree(params, state.masks)
-        mom = mask_tree(mom, state.masks)
-        omega = sg.omega_value(state.omega, state.count)
-        lat = state.latents
-        sparse = cfg["sparse"]
-        regression = cfg["task"] == "regression"
-        n_obs = float(cfg["n_train"] * cfg["n_out"])
-        if regression:   # residuals of the same minibatch at β^{k+1}, rescaled to the N training rows
-            out = cfg["apply"](params, batch.x)
-            n = jnp.maximum(jnp.sum(batch.w), 1.0)
-            rss = cfg["n_train"] / n * jnp.sum(batch.w * jnp.sum((out - batch.y) ** 2, axis=-1))
-        if sparse:
+        def init(key) -> SGMCMCState:
+            kp, kr = jax.random.split(key)
+            params = init_params(kp)
+            if jnp.issubdtype(kr.dtype, jax.dtypes.prng_key):   # keep raw uint32 key data (checkpointable)
+                kr = jax.random.key_data(kr)
             xs = kernels_of(params, sparse)
-            if regression and cfg["noise"] != "sample":   # σ² is (sa) or tracks (fixed, UCI code) the noise
-                lat = sg.sa_update(lat, xs, omega, state.hyper, n_obs=n_obs, rss=rss)
-            else:                                         # σ² only scales the prior: weights-only update
-                lat = sg.sa_update(lat, xs, omega, state.hyper)
-        noise_var = state.noise_var
-        if regression and cfg["noise"] == "sample":   # Gibbs step s² | β (stochastic-gradient)
-            k_s2 = jax.random.fold_in(rng, 1)
-            if cfg["noise_prior"] == "halfnormal":      # independence Metropolis-within-Gibbs
-                noise_var = update_noise_variance_halfnormal(k_s2, noise_var, rss, n_obs, state.noise_sd_scale,
-                                                             state.inv_temp)
-            else:                                       # conjugate InvGamma draw
-                noise_var = sample_noise_variance(k_s2, rss, n_obs, state.noise_prior[0], state.noise_prior[1],
-                                                  state.inv_temp)
-            noise_var = noise_var.astype(state.noise_var.dtype)
-        elif regression and cfg["noise"] == "sa":
-            noise_var = lat.sigma2.astype(noise_var.dtype)
-        count = state.count + 1
-        masks = state.masks
-        frac = sg.prune_fraction(state.prune, count) * state.prune_scale
-        if cfg["magnitude"]:
-            def do_prune(ms):
-                return [sg.magnitude_mask(k, m, frac)
-                        for k, m in zip(kernels_of(params, cfg["prune_layers"]), ms, strict=True)]
-            if cfg["prune_every"] == 1:
-                masks = do_prune(masks)
+            if sparse:
+                b = [float(k_sizes[i]) if hp.beta_b <= 0 else hp.beta_b for i in sparse]
+                a = [float(k_sizes[i]) if hp.beta_a <= 0 else hp.beta_a for i in sparse]
+                hyper = sg.ssgl_hyper(len(sparse), v0=hp.v0, v1=hp.v1, a=tuple(a), b=tuple(b), nu=hp.nu, lam=hp.lam,
+                                      scale_by_sigma=hp.scale_by_sigma, sa_on_sigma=hp.sa_on_sigma,
+                                      learn_delta=hp.learn_delta, learn_sigma=hp.learn_sigma, dtype=dt)
+                lat = sg.init_latents(xs, rho=hp.rho_init, kappa0=hp.kappa0_init, kappa1=hp.kappa1_init,
+                                      delta=hp.delta_init, sigma=hp.sigma_init)
             else:
-                masks = jax.lax.cond(count % cfg["prune_every"] == 0, do_prune, lambda ms: list(ms), masks)
-        if cfg["rho_prune"]:
-            pos = {i: j for j, i in enumerate(sparse)}
-            masks = [sg.rho_mask(m, lat.rho[pos[i]], state.rho_prune[0], count,
-                                 state.rho_prune[1].astype(jnp.int32))
-                     for i, m in zip(cfg["prune_layers"], masks, strict=True)]
-        params = mask_tree(params, masks)
-        mom = mask_tree(mom, masks)
-        samples = sg.buffer_update(state.samples, params, count)
-        noise_samples = sg.buffer_update(state.noise_samples, noise_var, count)
-        new = state.replace(params=params, momentum=mom, latents=lat, masks=masks, count=count, rng=rng,
-                            inv_temp=state.inv_temp * state.anneal_rate, samples=samples, noise_var=noise_var,
-                            noise_samples=noise_samples)
-        metrics = {"loss": loss, "energy": u, "step_size": eps, "omega": omega, "sigma2": lat.sigma2,
-                   "noise_var": noise_var,
-                   "inv_temp": state.inv_temp, "prune_frac": frac}
-        return new, metrics
+                hyper = None
+                lat = sg.latents_from_values(rho=[], kappa0=[], kappa1=[], delta=jnp.zeros((0,), dt),
+                                             sigma2=jnp.asarray(hp.sigma_init, dt) ** 2)
+            f = lambda v: jnp.asarray(v, dt)
+            anneal = hp.anneal_rate if hp.anneal_rate != 1.0 else anneal_default
+            lr0 = hp.learning_rate if hp.learning_rate > 0 else AUTO_LR_N / data.n_train
+            s2_0 = {"sample": f(hp.noise_init), "sa": f(lat.sigma2), "fixed": f(hp.likelihood_var)}[hp.noise]
+            state = SGMCMCState(
+                params=params, momentum=jax.tree_util.tree_map(jnp.zeros_like, params), latents=lat, hyper=hyper,
+                masks=[jnp.ones(kshape[i], bool) for i in cfg.prune_layers],
+                lr=sg.polynomial_schedule(lr0, hp.lr_offset, hp.lr_decay, dt),
+                omega=sg.omega_schedule(omega_mode, A=hp.omega_a, Z=hp.omega_z, alpha=hp.omega_alpha,
+                                        cap=hp.omega_cap, dtype=dt),
+                prune=sg.prune_schedule(hp.prune_target, hp.prune_damping, hp.prune_gap, dt),
+                prune_scale=f(scale), noise_var=s2_0, noise_prior=jnp.asarray([hp.nu, hp.lam], dt),
+                noise_sd_scale=f(hp.noise_sd_scale),
+                rho_prune=jnp.asarray([hp.rho_prune_threshold, hp.rho_prune_step], dt),
+                momentum_decay=f(hp.momentum), weight_decay=f(hp.weight_decay), inv_temp=f(hp.inv_temp),
+                anneal_rate=f(anneal), count=jnp.asarray(0, jnp.int32), rng=kr,
+                samples=sg.buffer_init(params, hp.n_samples, hp.burn_in, hp.thin),
+                noise_samples=sg.buffer_init(s2_0, hp.n_samples, hp.burn_in, hp.thin))
+            # distinct buffers for every leaf: the training loop donates the state to its jitted epoch
+            return jax.tree_util.tree_map(lambda v: jnp.array(v, copy=True), state)
 
-    def predict(state: SGMCMCState, x) -> Predictive:
-        apply_fn = cfg["apply"]
-        ring = sg.ring_samples(state.samples)
-        w = sg.buffer_weights(state.samples)
-        have = state.samples.n_collected > 0
-        if cfg["kind"] == "mlp":
-            outs = jax.vmap(lambda p: apply_fn(p, x))(ring)                   # (S, n, d_out)
-        else:   # one sample at a time (a vmapped conv would hold S copies of the im2col patches), and
-            # empty ring slots (weight 0: burn-in, buffer not full yet) are skipped at run time
-            out_t = jax.eval_shape(apply_fn, state.params, x)
-            outs = jax.lax.map(lambda a: jax.lax.cond(a[1] > 0, lambda p: apply_fn(p, x),
-                                                      lambda p: jnp.zeros(out_t.shape, out_t.dtype), a[0]),
-                               (ring, w))
-        cur = apply_fn(state.params, x)
-        if cfg["task"] == "regression":
-            mean, var_f = sg.mixture_moments(outs, w)
-            mean = jnp.where(have, mean, cur)
-            var_f = jnp.where(have, var_f, 0.0)
-            # mixture over the kept samples: Var = mean_s(f_s² + s²_s) − mean² = var_f + mean_s s²_s
-            s2 = jnp.where(have, jnp.sum(w * sg.ring_samples(state.noise_samples)), state.noise_var)
-            return Predictive(mean=mean, var=var_f + s2)
-        return Predictive(probs=jnp.where(have, sg.mixture_probs(outs, w), jax.nn.softmax(cur, axis=-1)))
+        # ---------------------------------------------------------------------------------------------
+        def kernels_of(params, layers) -> list:
+            """Kernels of the weight layers ``layers`` (indices into the ordered layer list)."""
+            return [_node(params, cfg.keys[i])["kernel"] for i in layers]
 
-    def sparsity(state: SGMCMCState) -> dict:
-        kernels = kernels_of(state.params, range(cfg["n_layers"]))
-        n_w = sum(k.size for k in kernels)
-        n_zero_mask = sum(int(jnp.sum(~m)) for m in state.masks)
-        n_zero = sum(int(jnp.sum(k == 0)) for k in kernels)
-        dead, hidden = 0, 0
-        if cfg["kind"] == "flax":   # no layer order to follow: a unit is an input row of a dense kernel
-            for k in kernels:
-                if k.ndim == 2:
-                    hidden += k.shape[0]
-                    dead += int(jnp.sum(jnp.all(k == 0, axis=1)))
-        for i in range(1, cfg["n_layers"] if cfg["kind"] != "flax" else 0):
-            if cfg["dense"][i - 1]:                      # dense hidden unit j: row j of the next kernel
-                k_next = kernels[i]
-                hidden += k_next.shape[0]
-                dead += int(jnp.sum(jnp.all(k_next == 0, axis=1)))
-        total = mlp.count_params(state.params)
-        return {"neurons_pruned_frac": dead / hidden if hidden else 0.0,
-                "weights_zero_frac": max(n_zero_mask, n_zero) / n_w,
-                "params_remaining": total - max(n_zero_mask, n_zero)}
+        def per_row_nll(out, y, sigma2):
+            if cfg.task == "regression":
+                return jnp.sum((out - y) ** 2, axis=-1) / (2.0 * sigma2), jnp.mean((out - y) ** 2, axis=-1)
+            ce = optax.softmax_cross_entropy_with_integer_labels(out, y)
+            return ce, ce
+
+        def energy(params, batch: Batch, state: SGMCMCState):
+            n = jnp.maximum(jnp.sum(batch.w), 1.0)
+            out = cfg.apply(params, batch.x)
+            nll, loss = per_row_nll(out, batch.y, state.noise_var)
+            u = cfg.n_train / n * jnp.sum(batch.w * nll)
+            sparse = cfg.sparse
+            l2 = 0.0
+            if cfg.kind == "flax":   # every leaf but the SSGL kernels (biases, norm scales, other kernels)
+                ssgl = {cfg.keys[i] for i in sparse}
+                for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+                    if not (is_kernel(path) and path_keys(path)[:-1] in ssgl):
+                        l2 = l2 + jnp.sum(leaf ** 2)
+            else:
+                for i, key in enumerate(cfg.keys):
+                    if i not in sparse:
+                        l2 = l2 + jnp.sum(params[key]["kernel"] ** 2)
+                    l2 = l2 + jnp.sum(params[key]["bias"] ** 2)
+            u = u + 0.5 * cfg.n_train * state.weight_decay * l2
+            if sparse:
+                u = u + sg.ssgl_penalty(kernels_of(params, sparse), state.latents)
+            return u, jnp.sum(batch.w * loss) / n
+
+        def mask_tree(tree, masks):
+            layers = cfg.prune_layers
+            new = [jnp.where(m, k, 0.0) for m, k in zip(masks, kernels_of(tree, layers), strict=True)]
+            return _with_kernels(tree, [cfg.keys[i] for i in layers], new)
+
+        def step(state: SGMCMCState, batch: Batch):
+            rng, k_noise = jax.random.split(state.rng)
+            (u, loss), g = jax.value_and_grad(energy, has_aux=True)(state.params, batch, state)
+            eps = sg.schedule_value(state.lr, state.count)
+            if cfg.lr_curvature:   # ε = lr·s²/N, s² held fixed in this block (a function of the Gibbs state)
+                s2 = state.noise_var if cfg.task == "regression" else jnp.ones((), eps.dtype)
+                eps = eps * s2.astype(eps.dtype) / cfg.n_train
+            if cfg.sampler == "sgld":
+                params = sg.sgld_update(k_noise, state.params, g, eps, state.inv_temp)
+                mom = state.momentum
+            else:
+                params, mom = sg.sghmc_update(k_noise, state.params, state.momentum, g, eps, state.momentum_decay,
+                                              state.inv_temp)
+            params = mask_tree(params, state.masks)
+            mom = mask_tree(mom, state.masks)
+            omega = sg.omega_value(state.omega, state.count)
+            lat = state.latents
+            sparse = cfg.sparse
+            regression = cfg.task == "regression"
+            n_obs = float(cfg.n_train * cfg.n_out)
+            if regression:   # residuals of the same minibatch at β^{k+1}, rescaled to the N training rows
+                out = cfg.apply(params, batch.x)
+                n = jnp.maximum(jnp.sum(batch.w), 1.0)
+                rss = cfg.n_train / n * jnp.sum(batch.w * jnp.sum((out - batch.y) ** 2, axis=-1))
+            if sparse:
+                xs = kernels_of(params, sparse)
+                if regression and cfg.noise != "sample":   # σ² is (sa) or tracks (fixed, UCI code) the noise
+                    lat = sg.sa_update(lat, xs, omega, state.hyper, n_obs=n_obs, rss=rss)
+                else:                                         # σ² only scales the prior: weights-only update
+                    lat = sg.sa_update(lat, xs, omega, state.hyper)
+            noise_var = state.noise_var
+            if regression and cfg.noise == "sample":   # Gibbs step s² | β (stochastic-gradient)
+                k_s2 = jax.random.fold_in(rng, 1)
+                if cfg.noise_prior == "halfnormal":      # independence Metropolis-within-Gibbs
+                    noise_var = update_noise_variance_halfnormal(k_s2, noise_var, rss, n_obs, state.noise_sd_scale,
+                                                                 state.inv_temp)
+                else:                                       # conjugate InvGamma draw
+                    noise_var = sample_noise_variance(k_s2, rss, n_obs, state.noise_prior[0], state.noise_prior[1],
+                                                      state.inv_temp)
+                noise_var = noise_var.astype(state.noise_var.dtype)
+            elif regression and cfg.noise == "sa":
+                noise_var = lat.sigma2.astype(noise_var.dtype)
+            count = state.count + 1
+            masks = state.masks
+            frac = sg.prune_fraction(state.prune, count) * state.prune_scale
+            if cfg.magnitude:
+                def do_prune(ms):
+                    return [sg.magnitude_mask(k, m, frac)
+                            for k, m in zip(kernels_of(params, cfg.prune_layers), ms, strict=True)]
+                if cfg.prune_every == 1:
+                    masks = do_prune(masks)
+                else:
+                    masks = jax.lax.cond(count % cfg.prune_every == 0, do_prune, lambda ms: list(ms), masks)
+            if cfg.rho_prune:
+                pos = {i: j for j, i in enumerate(sparse)}
+                masks = [sg.rho_mask(m, lat.rho[pos[i]], state.rho_prune[0], count,
+                                     state.rho_prune[1].astype(jnp.int32))
+                         for i, m in zip(cfg.prune_layers, masks, strict=True)]
+            params = mask_tree(params, masks)
+            mom = mask_tree(mom, masks)
+            samples = sg.buffer_update(state.samples, params, count)
+            noise_samples = sg.buffer_update(state.noise_samples, noise_var, count)
+            new = state.replace(params=params, momentum=mom, latents=lat, masks=masks, count=count, rng=rng,
+                                inv_temp=state.inv_temp * state.anneal_rate, samples=samples, noise_var=noise_var,
+                                noise_samples=noise_samples)
+            metrics = {"loss": loss, "energy": u, "step_size": eps, "omega": omega, "sigma2": lat.sigma2,
+                       "noise_var": noise_var,
+                       "inv_temp": state.inv_temp, "prune_frac": frac}
+            return new, metrics
+
+        def sample_outputs(state: SGMCMCState, x):
+            """Network outputs at the ring's samples ``(S, n, d)``, their weights ``(S,)``, whether any
+            sample is kept, and the output at the current iterate ``(n, d)``."""
+            apply_fn = cfg.apply
+            ring = sg.ring_samples(state.samples)
+            w = sg.buffer_weights(state.samples)
+            have = state.samples.n_collected > 0
+            if cfg.kind == "mlp":
+                outs = jax.vmap(lambda p: apply_fn(p, x))(ring)                   # (S, n, d_out)
+            else:   # one sample at a time (a vmapped conv would hold S copies of the im2col patches), and
+                # empty ring slots (weight 0: burn-in, buffer not full yet) are skipped at run time
+                out_t = jax.eval_shape(apply_fn, state.params, x)
+                outs = jax.lax.map(lambda a: jax.lax.cond(a[1] > 0, lambda p: apply_fn(p, x),
+                                                          lambda p: jnp.zeros(out_t.shape, out_t.dtype), a[0]),
+                                   (ring, w))
+            return outs, w, have, apply_fn(state.params, x)
+
+        def predict(state: SGMCMCState, x) -> Predictive:
+            outs, w, have, cur = sample_outputs(state, x)
+            if cfg.task == "regression":
+                mean, var_f = sg.mixture_moments(outs, w)
+                mean = jnp.where(have, mean, cur)
+                var_f = jnp.where(have, var_f, 0.0)
+                # mixture over the kept samples: Var = mean_s(f_s² + s²_s) − mean² = var_f + mean_s s²_s
+                s2 = jnp.where(have, jnp.sum(w * sg.ring_samples(state.noise_samples)), state.noise_var)
+                return Predictive(mean=mean, var=var_f + s2)
+            return Predictive(probs=jnp.where(have, sg.mixture_probs(outs, w), jax.nn.softmax(cur, axis=-1)))
+
+        def predict_mixture(state: SGMCMCState, x) -> Mixture:
+            """One component per kept sample (its output and its s²); the current iterate before any is kept."""
+            outs, w, have, cur = sample_outputs(state, x)
+            w = jnp.where(have, w, jnp.zeros_like(w).at[0].set(1.0))
+            outs = jnp.where(have, outs, cur[None])
+            if cfg.task == "regression":
+                s2 = jnp.where(have, sg.ring_samples(state.noise_samples), state.noise_var)   # (S,)
+                return Mixture(weights=w, mean=outs, var=jnp.broadcast_to(s2[:, None, None], outs.shape))
+            return Mixture(weights=w, probs=jax.nn.softmax(outs, axis=-1))
+
+        def sparsity(state: SGMCMCState) -> dict:
+            kernels = kernels_of(state.params, range(cfg.n_layers))
+            n_w = sum(k.size for k in kernels)
+            n_zero_mask = sum(int(jnp.sum(~m)) for m in state.masks)
+            n_zero = sum(int(jnp.sum(k == 0)) for k in kernels)
+            dead, hidden = 0, 0
+            if cfg.kind == "flax":   # no layer order to follow: a unit is an input row of a dense kernel
+                for k in kernels:
+                    if k.ndim == 2:
+                        hidden += k.shape[0]
+                        dead += int(jnp.sum(jnp.all(k == 0, axis=1)))
+            for i in range(1, cfg.n_layers if cfg.kind != "flax" else 0):
+                if cfg.dense[i - 1]:                      # dense hidden unit j: row j of the next kernel
+                    k_next = kernels[i]
+                    hidden += k_next.shape[0]
+                    dead += int(jnp.sum(jnp.all(k_next == 0, axis=1)))
+            total = mlp.count_params(state.params)
+            return {"neurons_pruned_frac": dead / hidden if hidden else 0.0,
+                    "weights_zero_frac": max(n_zero_mask, n_zero) / n_w,
+                    "params_remaining": total - max(n_zero_mask, n_zero)}
+
+        return Algorithm(init=init, step=step, predict=predict, sparsity=sparsity, predict_mixture=predict_mixture)
 
     desc = {"none": "latents frozen at init (ω=0)", "em": "EM latents (ω=1)", "sa": "SA latents"}[omega_mode]
-    return Method(name=name, hparams_cls=SGMCMCHParams, init=init, step=step, predict=predict,
-                  sparsity=sparsity, description=f"{sampler.upper()} with SSGL prior, {desc}"
+    return Method(name=name, hparams_cls=SGMCMCHParams, build=build,
+                  description=f"{sampler.upper()} with SSGL prior, {desc}"
                   + (f", annealed ×{anneal_default}/iter" if anneal_default != 1.0 else ""))
 
 

@@ -12,6 +12,7 @@ from emtdamp.methods.base import DataSpec
 from emtdamp.models import cnn, mlp
 from emtdamp.models.flax_adapter import build_flax_network
 from emtdamp.models.spec import ModelSpec
+from emtdamp.pytrees import is_kernel
 
 PyTree = Any
 KINDS = ("mlp", "cnn", "flax")
@@ -49,9 +50,4 @@ def build_network(model: ModelSpec, data: DataSpec) -> tuple[Callable[[jax.Array
 
 def kernels(params: PyTree) -> list[jax.Array]:
     """The weight kernels (leaves named ``kernel``) of an MLP or CNN params pytree, in tree order."""
-    out = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        last = path[-1]
-        if getattr(last, "key", getattr(last, "name", None)) == "kernel":
-            out.append(leaf)
-    return out
+    return [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0] if is_kernel(path)]
