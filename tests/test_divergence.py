@@ -19,7 +19,7 @@ from emtdamp.divergence import DivergenceError, DivergenceGuard, DivergenceMonit
 from emtdamp.loops.centralised import train
 from emtdamp.methods import ModelSpec
 from emtdamp.methods import registry as method_registry
-from emtdamp.methods.base import Method, Predictive, hparam
+from emtdamp.methods.base import Algorithm, Method, Predictive, hparam
 from emtdamp.methods.registry import register
 from emtdamp.runs import load_checkpoint
 
@@ -35,22 +35,25 @@ class UnstableHParams:
 
 
 def _unstable_method() -> Method:
-    def init(key, model, data, hp):
-        return {"w": jnp.zeros((data.n_features, data.n_outputs)), "lr": jnp.asarray(hp.learning_rate)}
+    def build(model, data, hp) -> Algorithm:
+        def init(key):
+            return {"w": jnp.zeros((data.n_features, data.n_outputs)), "lr": jnp.asarray(hp.learning_rate)}
 
-    def step(state, batch):
-        def loss_fn(w):
-            r = (batch.x @ w - batch.y) * batch.w[:, None]
-            return jnp.sum(r ** 2) / jnp.maximum(jnp.sum(batch.w), 1.0)
+        def step(state, batch):
+            def loss_fn(w):
+                r = (batch.x @ w - batch.y) * batch.w[:, None]
+                return jnp.sum(r ** 2) / jnp.maximum(jnp.sum(batch.w), 1.0)
 
-        loss, g = jax.value_and_grad(loss_fn)(state["w"])
-        return {"w": state["w"] - state["lr"] * g / 2, "lr": state["lr"]}, {"loss": loss}
+            loss, g = jax.value_and_grad(loss_fn)(state["w"])
+            return {"w": state["w"] - state["lr"] * g / 2, "lr": state["lr"]}, {"loss": loss}
 
-    def predict(state, x):
-        mean = x @ state["w"]
-        return Predictive(mean=mean, var=jnp.ones_like(mean))
+        def predict(state, x):
+            mean = x @ state["w"]
+            return Predictive(mean=mean, var=jnp.ones_like(mean))
 
-    return Method(name="unstable_gd", hparams_cls=UnstableHParams, init=init, step=step, predict=predict)
+        return Algorithm(init=init, step=step, predict=predict)
+
+    return Method(name="unstable_gd", hparams_cls=UnstableHParams, build=build)
 
 
 def register_unstable() -> None:
