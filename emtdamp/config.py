@@ -336,10 +336,106 @@ def set_path(raw: dict, path: list[str], value: Any) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for o in overrides:
-        path, value = parse_override(o)
-        raw = set_path(raw, path, value)
+    """``raw`` (a deep copy) with the ``key.path=value`` strings applied in order.
+
+    An override that switches ``method.name`` or ``data.name`` while the config's block keeps keys of the
+    previous method / options of the previous dataset that the new one does not take raises
+    :class:`ConfigError` naming those keys and the whole-block override that replaces them.
+    """
+    return apply_settings(raw, [(*parse_override(o), o) for o in overrides])
+
+
+def apply_settings(raw: dict, settings: list[tuple[list[str], Any, str]]) -> dict:
+    """Apply ``(key path, value, how it was written)`` settings in order, as :func:`apply_overrides` does.
+
+    ``how`` (e.g. ``"method.name=adam"``) only names the setting in the error for a ``method.name`` /
+    ``data.name`` switch that leaves keys of the previous method / dataset behind (see
+    :func:`check_name_switches`).
+    """
+    before = raw
+    for path, value, _ in settings:
+        raw = set_path(raw, list(path), value)
+    check_name_switches(before, raw, settings)
     return raw
+
+
+# block -> (where its foreign keys live, what the keys are called, what the named thing is called)
+_SWITCHES = {"method": ((), "keys", "method"), "data": (("options",), "options", "dataset")}
+
+
+def check_name_switches(before: dict, after: dict, settings: list[tuple[list[str], Any, str]]) -> None:
+    """Raise :class:`ConfigError` when ``settings`` changed ``method.name`` / ``data.name`` of ``before`` but
+    ``after`` still holds keys (method) / options (data) that came from ``before``'s block, that no setting
+    wrote, and that the new method / dataset does not take. Unknown new names are left to :func:`from_dict`."""
+    for block, (sub, what, kind) in _SWITCHES.items():
+        old_block, new_block = before.get(block), after.get(block)
+        if not isinstance(old_block, dict) or not isinstance(new_block, dict):
+            continue
+        old_name, new_name = old_block.get("name"), new_block.get("name")
+        if not isinstance(new_name, str) or old_name == new_name:
+            continue
+        switch = next((how for path, _, how in settings if list(path) == [block, "name"]), None)
+        if switch is None or any(list(path) in ([block], [block, *sub]) for path, _, _ in settings):
+            continue  # the block (or its options) was replaced as a whole: nothing was carried over
+        old_keys, new_keys = _sub_block(old_block, sub), _sub_block(new_block, sub)
+        written = {path[len(sub) + 1] for path, _, _ in settings
+                   if len(path) > len(sub) + 1 and list(path[: len(sub) + 1]) == [block, *sub]}
+        try:
+            allowed = _allowed_keys(block, new_name)
+        except (KeyError, ValueError):
+            continue
+        foreign = sorted(k for k in new_keys if k in old_keys and k not in written and k not in allowed
+                         and k != "name")
+        if foreign:
+            kept = {k: v for k, v in new_keys.items() if k in allowed and k != "name"}
+            raise ConfigError(f"{switch} left {what} of the config's {kind} {old_name} that {new_name} does not "
+                              f"take: {foreign}; replace the whole block instead: "
+                              f"{_block_example(block, new_name, new_block, kept)}")
+
+
+def _sub_block(block: dict, sub: tuple[str, ...]) -> dict:
+    for p in sub:
+        block = block.get(p) if isinstance(block, dict) else None
+    return block if isinstance(block, dict) else {}
+
+
+def _allowed_keys(block: str, name: str) -> set[str]:
+    """The method's hparams keys or the dataset's options; KeyError / ValueError for an unknown name."""
+    if block == "method":
+        if name not in all_method_names():
+            raise KeyError(name)
+        return {f.name for f in dataclasses.fields(hparams_cls_of(name))}
+    from emtdamp.data.registry import loader_options
+
+    return set(loader_options(name))
+
+
+def _flow(value: Any) -> str:
+    """``value`` as a YAML flow scalar / collection (as written inside an override's braces)."""
+    return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
+
+
+def _block_example(block: str, name: str, new_block: dict, kept: dict) -> str:
+    """The whole-block override for ``name`` that keeps the still valid keys ``kept``, quoted for a shell:
+    ``"method={name: adam}" (add adam's keys inside the braces, e.g. ...)`` or
+    ``"data={name: npz, seed: 3, options: {path: ..., task: classification}}"``."""
+    if block == "method":
+        items = "".join(f", {k}: {_flow(v)}" for k, v in kept.items())
+        text = f'"method={{name: {name}{items}}}"'
+        if not kept:
+            fields = [f for f in dataclasses.fields(hparams_cls_of(name)) if f.default is not dataclasses.MISSING]
+            if fields:
+                ex = _flow(fields[0].default) if fields[0].default not in (0, 0.0, "", None) else "..."
+                text += (f" (add {name}'s own keys inside the braces, e.g. "
+                         f'"method={{name: {name}, {fields[0].name}: {ex}}}")')
+        return text
+    from emtdamp.data.registry import loader_options
+
+    opts = {k: v for k, v in kept.items() if k != "path"}
+    items = (["path: ..."] if "path" in loader_options(name) else []) + [f"{k}: {_flow(v)}" for k, v in opts.items()]
+    seed = f", seed: {_flow(new_block['seed'])}" if "seed" in new_block else ""
+    options = f", options: {{{', '.join(items)}}}" if items else ""
+    return f'"data={{name: {name}{seed}{options}}}"'
 
 
 def read_yaml(path: str | Path) -> dict:

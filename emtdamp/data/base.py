@@ -132,13 +132,19 @@ def make_regression(name: str, x_tr, y_tr, x_te, y_te, info: dict | None = None,
 
 def make_classification(name: str, x_tr, y_tr, x_te, y_te, n_classes: int | None = None,
                         info: dict | None = None) -> Dataset:
-    """Validate and pack a classification Dataset (features used as given)."""
+    """Validate and pack a classification Dataset (features used as given).
+
+    ``info["label_names"]`` (the original label of each class id, e.g. from
+    :func:`emtdamp.data.real.encode_labels`) defaults to ``list(range(K))``.
+    """
     y_tr, y_te = np.asarray(y_tr), np.asarray(y_te)
     k = int(n_classes if n_classes is not None else max(y_tr.max(), y_te.max()) + 1)
     validate_arrays(name, x_tr, y_tr, "classification", k, part="train")
     validate_arrays(name, x_te, y_te, "classification", k, part="test")
+    info = dict(info or {})
+    info.setdefault("label_names", list(range(k)))
     spec = DataSpec(task="classification", n_features=np.asarray(x_tr).shape[1], n_outputs=k,
                     n_train=len(x_tr))
     return Dataset(name=name, x_train=np.asarray(x_tr, np.float32), y_train=y_tr.astype(np.int32),
                    x_test=np.asarray(x_te, np.float32), y_test=y_te.astype(np.int32), spec=spec,
-                   info=dict(info or {}))
+                   info=info)

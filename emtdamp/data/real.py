@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emtdamp.data.base import DataError, Dataset, make_classification, make_regression
+from emtdamp.data.base import DataError, Dataset, make_classification, make_regression, validate_arrays
 from emtdamp.data.registry import register_dataset
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -171,24 +171,166 @@ def mnist_idx(seed: int = 0, path: str = "", standardize: bool = False) -> Datas
                             standardize)
 
 
-@register_dataset("npz")
-def npz(seed: int = 0, path: str = "", task: str = "regression") -> Dataset:
-    """The user's own arrays: an ``.npz`` holding ``x_train, y_train, x_test, y_test``.
+_LABEL_MODES = ("check", "remap")
 
-    Image arrays ``x`` of shape ``(n, H, W)`` or ``(n, H, W, C)`` (channels last) are flattened and
-    their ``image_shape`` (``(H, W, 1)`` / ``(H, W, C)``) recorded in the spec (for ``model.kind: cnn``).
+
+def _label_values(name: str, y: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``y`` (1-D) as float64 numbers, or as stripped strings for text labels; and whether they are text.
+
+    Missing labels (empty cells, NaN, inf) raise :class:`DataError` whatever ``data.options.labels`` says.
     """
+    y = np.asarray(y)
+    if y.dtype.kind in "biuf":
+        v = y.astype(np.float64)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise DataError(f"dataset {name!r}: {int(bad.sum())} of {len(v)} class labels are NaN or inf (first bad "
+                            f"row {int(np.argmax(bad))}); clean or drop those rows first")
+        return v, False
+    if y.dtype.kind not in "US":
+        raise DataError(f"dataset {name!r}: class labels must be numbers or text, got an array of dtype {y.dtype}")
+    text = np.char.strip(np.char.strip(np.char.decode(y) if y.dtype.kind == "S" else y.astype(str)), '"')
+    missing, numeric, values = [], True, np.empty(len(text), np.float64)
+    for i, s in enumerate(text.tolist()):
+        try:
+            values[i] = float(s)
+        except ValueError:
+            if s == "":
+                missing.append(i)
+            numeric = False
+            continue
+        if not np.isfinite(values[i]):
+            missing.append(i)
+    if missing:
+        raise DataError(f"dataset {name!r}: {len(missing)} of {len(text)} rows have no class label (empty, NaN or "
+                        f"inf; first bad row {missing[0]}); clean or drop those rows first")
+    return (values, False) if numeric else (text, True)
+
+
+def _show_values(vals: list) -> str:
+    """``[1, 2, 3]``, or for many values ``[0.1, 0.2, 0.3, 0.4, 0.5, ..., 9.9]`` (first five, last one)."""
+    if len(vals) <= 12:
+        return repr(vals)
+    return "[" + ", ".join(repr(v) for v in vals[:5]) + ", ..., " + repr(vals[-1]) + "]"
+
+
+def encode_labels(name: str, y: np.ndarray, mode: str = "check",
+                  parts: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list]:
+    """Class labels ``y`` (1-D: numbers or text) -> ``(codes, label_names)``, codes int64 in ``0..K-1``.
+
+    ``mode="check"`` (``data.options.labels=check``, the default) accepts only integer labels whose distinct
+    values are exactly ``0..K-1`` and raises :class:`DataError` otherwise, naming the values found and the fix
+    ``data.options.labels=remap``. ``mode="remap"`` maps the sorted distinct values (numbers or text) to
+    ``0..K-1``. ``label_names[k]`` is the original value of class ``k`` as a JSON-able Python ``int``,
+    ``float`` or ``str`` (``list(range(K))`` when the labels already were ``0..K-1``). ``parts`` (the same
+    labels split as the file holds them, e.g. ``{"train": ..., "test": ...}``) only adds the per-part detail
+    of out-of-range labels to the error.
+    """
+    if mode not in _LABEL_MODES:
+        raise DataError(f"dataset {name!r}: data.options.labels must be one of {list(_LABEL_MODES)}, got {mode!r}")
+    values, is_text = _label_values(name, y)
+    uniq = np.unique(values)
+    integer = not is_text and bool(np.all(uniq == np.round(uniq)))
+    if integer:
+        names = [int(u) for u in uniq]
+    elif is_text:
+        names = [str(u) for u in uniq]
+    else:
+        names = [float(u) for u in uniq]
+    k = len(names)
+    if mode == "remap" or (integer and names == list(range(k))):
+        return np.searchsorted(uniq, values).astype(np.int64), names
+    fix = (f"set data.options.labels=remap to map the sorted distinct values to 0..{k - 1} (the original values "
+           "are kept in Dataset.info['label_names'])")
+    if is_text:
+        raise DataError(f"dataset {name!r}: class labels must be integers 0..K-1; found text labels "
+                        f"{_show_values(names)} ({k} classes); {fix}")
+    if not integer:
+        raise DataError(f"dataset {name!r}: class labels must be integers 0..K-1; found non-integer values "
+                        f"{_show_values(names)} ({k} distinct values); {fix}, or use data.options.task=regression "
+                        "for a numeric target")
+    detail = ""
+    if parts is not None and names[0] < 0:  # the per-part count of labels outside [0, max + 1), as before
+        for part, yp in parts.items():
+            try:
+                validate_arrays(name, np.zeros((len(yp), 1)), np.asarray(yp), "classification", names[-1] + 1,
+                                part=part)
+            except DataError as e:
+                detail = str(e).removesuffix("; labels must be 0..K-1") + "; "
+                break
+    raise DataError(f"{detail or f'dataset {name!r}: '}labels must be 0..K-1; found the values "
+                    f"{_show_values(names)} ({k} classes); {fix}")
+
+
+@register_dataset("npz")
+def npz(seed: int = 0, path: str = "", task: str = "regression", test_fraction: float = 0.1,
+        labels: str = "check") -> Dataset:
+    """The user's own arrays: an ``.npz`` holding ``x_train, y_train, x_test, y_test``, or ``x, y`` to split.
+
+    A file with ``x`` and ``y`` (and not the four split arrays) is split by ``seed`` (``data.seed``) with
+    ``test_fraction`` of the rows in the test set, stratified by class for ``task=classification``, as
+    :func:`csv` does; ``test_fraction`` is unused for a pre-split file. Image arrays ``x`` of shape
+    ``(n, H, W)`` or ``(n, H, W, C)`` (channels last) are flattened and their ``image_shape`` (``(H, W, 1)`` /
+    ``(H, W, C)``) recorded in the spec (for ``model.kind: cnn``). Class labels: see :func:`encode_labels`
+    (``labels``: ``check`` or ``remap``).
+    """
+    split_keys = ("x_train", "y_train", "x_test", "y_test")
     if not path:
-        raise DataError("dataset 'npz' needs data.options.path=FILE.npz holding x_train, y_train, x_test, y_test")
+        raise DataError("dataset 'npz' needs data.options.path=FILE.npz holding x_train, y_train, x_test, y_test "
+                        "(or x, y to split by data.seed)")
     if not Path(path).exists():
         raise DataError(f"dataset 'npz': file {path} does not exist")
+    _check_task("npz", task, labels)
     with np.load(path) as f:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-        if missing:
-            raise DataError(f"dataset 'npz': {path} lacks array(s) {missing}; it must hold "
-                            "x_train, y_train, x_test, y_test")
-        arrs = {k: np.asarray(f[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
-    return _pack_user("npz", arrs, task, {"path": str(path)})
+        have = set(f.files)
+        if not set(split_keys) <= have and {"x", "y"} <= have:
+            x, y = np.asarray(f["x"]), np.asarray(f["y"])
+            pre_split = False
+        else:
+            missing = [k for k in split_keys if k not in have]
+            if missing:
+                raise DataError(f"dataset 'npz': {path} lacks array(s) {missing}; it must hold "
+                                "x_train, y_train, x_test, y_test (or x and y, split by data.seed with "
+                                "data.options.test_fraction)")
+            arrs = {k: np.asarray(f[k]) for k in split_keys}
+            pre_split = True
+    info = {"path": str(path)}
+    if pre_split:
+        if task == "classification" and arrs["y_train"].ndim == 1 and arrs["y_test"].ndim == 1:
+            codes, names = encode_labels("npz", np.concatenate([arrs["y_train"], arrs["y_test"]]), labels,
+                                         parts={"train": arrs["y_train"], "test": arrs["y_test"]})
+            n_tr = len(arrs["y_train"])
+            arrs["y_train"], arrs["y_test"] = codes[:n_tr], codes[n_tr:]
+            info["label_names"] = names
+        return _pack_user("npz", arrs, task, info)
+    if len(x) != len(y):
+        raise DataError(f"dataset 'npz': {path} holds {len(x)} rows of x but {len(y)} of y; x and y must have "
+                        "the same number of rows")
+    y, strata = _encode_user_labels("npz", y, task, labels, info)
+    tr, te = split_indices(len(x), test_fraction, seed, labels=strata)
+    info.update({"split_seed": seed, "test_fraction": test_fraction, "n_train": len(tr), "n_test": len(te)})
+    return _pack_user("npz", {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}, task, info)
+
+
+def _check_task(name: str, task: str, labels: str) -> None:
+    if task not in ("regression", "classification"):
+        raise DataError(f"dataset {name!r}: data.options.task must be 'regression' or 'classification', "
+                        f"got {task!r}")
+    if labels not in _LABEL_MODES:
+        raise DataError(f"dataset {name!r}: data.options.labels must be one of {list(_LABEL_MODES)}, got {labels!r}")
+    if labels == "remap" and task != "classification":
+        raise DataError(f"dataset {name!r}: data.options.labels=remap maps class labels, but data.options.task is "
+                        f"{task!r}; set data.options.task=classification (or drop data.options.labels)")
+
+
+def _encode_user_labels(name: str, y: np.ndarray, task: str, labels: str,
+                        info: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """For classification with 1-D ``y``: the class codes (twice: targets and split strata) and
+    ``info["label_names"]``; otherwise ``y`` unchanged and no strata."""
+    if task != "classification" or np.ndim(y) != 1:
+        return y, None
+    codes, info["label_names"] = encode_labels(name, y, labels)
+    return codes, codes
 
 
 def _pack_user(name: str, a: dict, task: str, info: dict) -> Dataset:
@@ -197,8 +339,11 @@ def _pack_user(name: str, a: dict, task: str, info: dict) -> Dataset:
                         f"got {task!r}")
     xtr = a["x_train"].reshape(len(a["x_train"]), -1)
     xte = a["x_test"].reshape(len(a["x_test"]), -1)
-    make = make_regression if task == "regression" else make_classification
-    ds = make(name, xtr, a["y_train"], xte, a["y_test"], info=info)
+    if task == "regression":
+        ds = make_regression(name, xtr, a["y_train"], xte, a["y_test"], info=info)
+    else:
+        k = len(info["label_names"]) if "label_names" in info else None
+        ds = make_classification(name, xtr, a["y_train"], xte, a["y_test"], n_classes=k, info=info)
     shape = a["x_train"].shape[1:]  # (H, W) or (H, W, C) channels last: an image dataset
     if len(shape) in (2, 3):
         ds = with_image_shape(ds, shape if len(shape) == 3 else (*shape, 1))
@@ -207,12 +352,18 @@ def _pack_user(name: str, a: dict, task: str, info: dict) -> Dataset:
 
 @register_dataset("csv")
 def csv(seed: int = 0, path: str = "", target: str = "", task: str = "regression",
-        test_fraction: float = 0.1) -> Dataset:
-    """The user's own CSV with a header row; ``target`` names the target column; split by ``seed``."""
+        test_fraction: float = 0.1, labels: str = "check") -> Dataset:
+    """The user's own CSV with a header row; ``target`` names the target column; split by ``seed``.
+
+    For ``task=classification`` the split is stratified by class and the target column may hold integers
+    ``0..K-1`` or, with ``labels=remap``, any numbers or text (mapped in sorted order to ``0..K-1``; the
+    originals in ``Dataset.info["label_names"]``, see :func:`encode_labels`).
+    """
     if not path or not target:
         raise DataError("dataset 'csv' needs data.options.path=FILE.csv and data.options.target=COLUMN")
     if not Path(path).exists():
         raise DataError(f"dataset 'csv': file {path} does not exist")
+    _check_task("csv", task, labels)
     with open(path) as f:
         header = f.readline().strip().split(",")
     header = [h.strip().strip('"') for h in header]
@@ -222,7 +373,14 @@ def csv(seed: int = 0, path: str = "", target: str = "", task: str = "regression
     raw = raw.reshape(-1, len(header))
     t = header.index(target)
     x, y = np.delete(raw, t, axis=1), raw[:, t]
-    labels = y.astype(np.int64) if task == "classification" and np.isfinite(y).all() else None
-    tr, te = split_indices(len(x), test_fraction, seed, labels=labels)
-    return _pack_user("csv", {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}, task,
-                      {"path": str(path), "target": target, "split_seed": seed})
+    info = {"path": str(path), "target": target, "split_seed": seed,
+            "feature_names": [h for i, h in enumerate(header) if i != header.index(target)]}
+    if task == "classification":  # the target column as text: labels may be words
+        text = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=str, usecols=(t,), autostrip=True)
+        y = np.atleast_1d(text).reshape(-1)
+        if len(y) != len(x):
+            raise DataError(f"dataset 'csv': {path} has {len(x)} rows of features but {len(y)} of the target "
+                            f"column {target!r}; check for rows with a different number of fields")
+    y, strata = _encode_user_labels("csv", y, task, labels, info)
+    tr, te = split_indices(len(x), test_fraction, seed, labels=strata)
+    return _pack_user("csv", {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}, task, info)
