@@ -7,9 +7,12 @@ EM-TDAMP paper's NMSE = Σ(y − ŷ)² / Σ(y − ȳ)² (unit free). Classificat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from emtdamp.methods.base import Predictive
+if TYPE_CHECKING:   # annotations only: this module stays free of JAX (emtdamp.plots imports it)
+    from emtdamp.methods.base import Predictive
 
 
 def regression_metrics(pred: Predictive, y_std_units: np.ndarray, y_mean: np.ndarray,
@@ -46,28 +49,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     share, mconf, acc = reliability_bins(probs, labels, n_bins)
     ok = share > 0
     return float(np.sum(share[ok] * np.abs(acc[ok] - mconf[ok])))
-
-
-def plot_reliability(probs: np.ndarray, labels: np.ndarray, path, title: str = "", n_bins: int = 15) -> None:
-    """Reliability diagram (accuracy vs confidence per bin, with the diagonal) saved to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    share, mconf, acc = reliability_bins(probs, labels, n_bins)
-    edges = np.linspace(0, 1, n_bins + 1)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ok = share > 0
-    ax.bar(edges[:-1][ok], acc[ok], width=1 / n_bins, align="edge", alpha=0.7, edgecolor="k", label="accuracy")
-    ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title} ECE={expected_calibration_error(probs, labels, n_bins):.3f}")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def classification_metrics(pred: Predictive, labels: np.ndarray) -> dict:
