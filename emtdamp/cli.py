@@ -1,9 +1,11 @@
-"""The ``emtdamp`` command line: train, sweep, list, predict.
+"""The ``emtdamp`` command line: train, sweep, list, predict, export, plot.
 
     emtdamp train CONFIG [key.path=value ...]
     emtdamp sweep CONFIG [key.path=value ...] [--out DIR]   (sweep.vmap=true: seed/split groups vmapped)
     emtdamp list
-    emtdamp predict RUN_DIR DATA --out preds.npz
+    emtdamp export RUN_DIR --out DIR        (emtdamp.load_exported(DIR).apply(x_raw))
+    emtdamp plot RUN_OR_SWEEP_DIR... --out FIG.png
+    emtdamp predict RUN_DIR INPUT.csv|INPUT.npz|DATASET --out preds.csv|preds.npz [--levels 0.5,0.9] [--samples N]
 """
 
 from __future__ import annotations
@@ -68,8 +70,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _write_csv(path: Path, table: list[dict]) -> None:
+    cols = list(dict.fromkeys(k for r in table for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(table)
+
+
 def cmd_sweep(args) -> int:
     from emtdamp.runs import run_config, run_group, vmap_groups
+    from emtdamp.sweeps import folder_names, seed_summary
 
     raw = cfgmod.apply_overrides(cfgmod.read_yaml(args.config), args.overrides)
     name = Path(args.config).stem
@@ -77,29 +88,30 @@ def cmd_sweep(args) -> int:
     vmap = raw.get("sweep") is not None and cfgmod.build_dataclass(cfgmod.SweepConfig, raw["sweep"], "sweep").vmap
     out = Path(args.out or f"runs/{name}-sweep")
     out.mkdir(parents=True, exist_ok=True)
+    labels = [lb for lb, _ in runs]
+    dirs = [out / d for d in folder_names(labels)]
     groups = vmap_groups([c for _, c in runs]) if vmap else [[i] for i in range(len(runs))]
     rows: dict[int, dict] = {}
     for g in groups:
         if len(g) == 1:
             i = g[0]
             print(f"[{i + 1}/{len(runs)}] {runs[i][0]}", file=sys.stderr)
-            results = [run_config(runs[i][1], out / f"run{i:03d}")]
+            results = [run_config(runs[i][1], dirs[i])]
         else:
             print(f"[{','.join(str(i + 1) for i in g)}/{len(runs)}] {len(g)} runs as one vmapped program: "
                   f"{runs[g[0]][0]} ... {runs[g[-1]][0]}", file=sys.stderr)
-            results = run_group([runs[i][1] for i in g], [out / f"run{i:03d}" for i in g])
+            results = run_group([runs[i][1] for i in g], [dirs[i] for i in g])
         for i, (_, summary, _) in zip(g, results, strict=True):
-            rows[i] = summary_row(summary, runs[i][0])
-        table = [rows[i] for i in sorted(rows)]
-        cols = list(dict.fromkeys(k for r in table for k in r))
-        with open(out / "sweep.csv", "w", newline="") as f:  # rewritten after each run/group: partial results survive
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(table)
+            rows[i] = {**summary_row(summary, runs[i][0]), "folder": dirs[i].name}
+        done = sorted(rows)
+        table = [rows[i] for i in done]
+        # both rewritten after each run/group: partial results survive
+        _write_csv(out / "sweep.csv", table)
+        _write_csv(out / "summary.csv", seed_summary(table, [labels[i] for i in done]))
     table = [rows[i] for i in sorted(rows)]
-    cols = [c for c in table[0] if c not in ("dataset",)]
+    cols = [c for c in table[0] if c not in ("dataset", "folder")]
     _print_table(table, cols)
-    print(f"sweep table: {out / 'sweep.csv'}")
+    print(f"sweep table: {out / 'sweep.csv'}; mean ± sd over seeds per setting: {out / 'summary.csv'}")
     return 0
 
 
@@ -121,28 +133,65 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--levels {text!r}: give comma-separated levels between 0 and 1, e.g. 0.5,0.9") from None
+    if any(not 0 < v < 1 for v in levels):
+        raise ValueError(f"--levels {text!r}: every level must lie strictly between 0 and 1, e.g. 0.5,0.9")
+    return levels
+
+
 def cmd_predict(args) -> int:
     from emtdamp.data import load
+    from emtdamp.prediction_files import prediction_fields, read_inputs, write_predictions
     from emtdamp.runs import load_run
 
+    levels = _levels(args.levels)
+    if args.samples < 0:
+        raise ValueError(f"--samples {args.samples}: give a number of draws >= 0")
+    if Path(args.out).suffix not in (".npz", ".csv"):
+        raise ValueError(f"--out {args.out}: write .npz or .csv")
     run = load_run(args.run_dir)   # Run.predictive says so when the folder kept no checkpoint
     cfg = run.config
-    if args.data.endswith(".npz"):
-        with np.load(args.data) as f:
-            if "x" not in f:
-                raise KeyError(f"{args.data} must hold an array named 'x' (rows, features)")
-            x = np.asarray(f["x"], np.float32)
+    regression = run.record.spec.task == "regression"
+    kw = {"levels": levels if regression else (), "n_samples": args.samples, "seed": args.seed}
+    if Path(args.data).suffix in (".npz", ".csv"):
+        x_raw = read_inputs(args.data, run.record)
         try:
-            pred = run.predict(x)
+            pred = run.predict(x_raw, **kw)
         except ValueError as e:
             raise ValueError(f"{args.data}: {e}") from None
     else:
-        # the run's own dataset: its test split under the run's options (same split, same scaling)
-        x = run.data.x_test if args.data == cfg.data.name else load(args.data, seed=cfg.data.seed).x_test
-        pred = run.to_original_units(run.predictive(x))
-    out = {k: v for k, v in (("probs", pred.probs), ("mean", pred.mean), ("var", pred.var)) if v is not None}
-    np.savez(args.out, **out)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in out.items()))
+        # a dataset's test split (the run's own: same split and scaling; another: its own scaling)
+        data = run.data if args.data == cfg.data.name else load(args.data, seed=cfg.data.seed)
+        tf = data.info.get("x_transform")
+        x_raw = data.x_test if tf is None else data.x_test * np.asarray(tf["std"]) + np.asarray(tf["mean"])
+        pred = run.predict(x_raw, **kw)
+    fields = prediction_fields(pred, run.record)
+    write_predictions(args.out, fields)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {np.shape(v)}" for k, v in fields.items()))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from emtdamp.export import export_run
+    from emtdamp.runs import load_run
+
+    out = export_run(load_run(args.run_dir), args.out)
+    meta = __import__("json").loads((out / "model.json").read_text())
+    print(f"wrote {out}: {meta['network']}, layers {meta['layer_sizes']}, {meta['n_params']} parameters, "
+          f"reads {len(meta['inputs'])} of {meta['n_features']} input features")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from emtdamp.plots import find_runs, plot_runs
+
+    runs = find_runs(args.runs)
+    out = plot_runs(runs, args.out, metric=args.metric, group_by=args.group_by)
+    print(f"wrote {out} ({len(runs)} runs)")
     return 0
 
 
@@ -163,9 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list datasets and methods").set_defaults(fn=cmd_list)
     r = sub.add_parser("predict", help="predict with a trained run's checkpoint")
     r.add_argument("run_dir")
-    r.add_argument("data", help="an .npz with an array `x` (raw units) or a dataset name (its test split)")
-    r.add_argument("--out", required=True)
+    r.add_argument("data", help="raw input rows: an .npz with an array `x`, a .csv with the training columns "
+                                "(target optional), or a dataset name (its test split)")
+    r.add_argument("--out", required=True, help="FILE.npz or FILE.csv")
+    r.add_argument("--levels", default="0.5,0.9", help="central predictive intervals (regression), e.g. 0.5,0.9")
+    r.add_argument("--samples", type=int, default=0, help="posterior-predictive draws per input (0 = none)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the draws")
     r.set_defaults(fn=cmd_predict)
+    e = sub.add_parser("export", help="write a run's compacted network (pruned units removed) to a folder")
+    e.add_argument("run_dir")
+    e.add_argument("--out", required=True, help="folder for params.msgpack + model.json")
+    e.set_defaults(fn=cmd_export)
+    pl = sub.add_parser("plot", help="overlay runs (a sweep folder's runs by default): mean ± sd over seeds")
+    pl.add_argument("runs", nargs="+", help="run folders and/or sweep folders")
+    pl.add_argument("--out", required=True, help="FIG.png")
+    pl.add_argument("--metric", default=None, help="test metric to plot (default: rmse / accuracy)")
+    pl.add_argument("--group-by", dest="group_by", default="auto",
+                    help="'auto' (settings = what differs apart from seeds), 'run', or config keys, e.g. method.name")
+    pl.set_defaults(fn=cmd_plot)
     return p
 
 

@@ -20,9 +20,7 @@ import dataclasses
 import datetime
 import functools
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,7 +30,18 @@ import numpy as np
 import yaml
 
 from emtdamp import config as cfgmod
-from emtdamp.data import Dataset, load, model_inputs
+from emtdamp.checkpoints import (
+    atomic_write,
+    checkpoint_epoch,
+    checkpointed_epoch,
+    load_checkpoint,
+    previous_path,
+    restore,
+    save_checkpoint,
+)
+from emtdamp.data import Dataset, load
+from emtdamp.data.record import FILE as DATA_RECORD
+from emtdamp.data.record import DataRecord
 from emtdamp.divergence import DivergenceError, DivergenceGuard
 from emtdamp.loops.centralised import (
     NotVmappable,
@@ -44,82 +53,11 @@ from emtdamp.loops.centralised import (
 )
 from emtdamp.loops.federated import train_federated
 from emtdamp.methods import Method, Predictive, get_method
-from emtdamp.methods.base import Mixture
+from emtdamp.methods.base import DataSpec, Mixture
 from emtdamp.methods.chains import with_chains
 from emtdamp.methods.registry import get_fed_method
-from emtdamp.metrics import plot_reliability
 
 SUMMARY_KEYS = ("method", "dataset", "seed", "epochs", "test", "sparsity", "time")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder + ``os.replace``: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _storable(x):
-    """Typed PRNG keys are stored as their raw key data (restored by :func:`load_checkpoint`)."""
-    if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return np.asarray(jax.random.key_data(x))
-    return np.asarray(x)
-
-
-def save_checkpoint(path: Path, state, epoch: int | None = None) -> None:
-    """Save the leaves of ``state`` (any pytree) to ``path`` (.npz), atomically.
-
-    ``epoch`` (the epochs the state has completed) is stored in the same file, so a resumed run never pairs
-    a state with another epoch's count (a crash between two files' writes could do that).
-    """
-    leaves = jax.tree_util.tree_leaves(state)
-    arrays = {f"leaf_{i:05d}": _storable(x) for i, x in enumerate(leaves)}
-    if epoch is not None:
-        arrays["epoch"] = np.asarray(epoch, np.int64)
-    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
-
-
-def checkpoint_epoch(path: Path) -> int | None:
-    """The epoch count stored in a checkpoint by :func:`save_checkpoint`, or None (none stored)."""
-    with np.load(path) as f:
-        return int(f["epoch"]) if "epoch" in f.files else None
-
-
-def checkpointed_epoch(run_dir: Path) -> int:
-    """Epochs completed by the state in ``run_dir/checkpoint.npz``: the count stored with it, else (older
-    checkpoints) ``progress.json``'s; 0 without a checkpoint."""
-    ckpt, prog = run_dir / "checkpoint.npz", run_dir / "progress.json"
-    if not ckpt.exists():
-        return 0
-    stored = checkpoint_epoch(ckpt)
-    if stored is not None:
-        return stored
-    return json.loads(prog.read_text())["epoch"] if prog.exists() else 0
-
-
-def load_checkpoint(path: Path, like):
-    """Restore a state saved by :func:`save_checkpoint` into the structure of ``like``."""
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    with np.load(path) as f:
-        stored = [f[k] for k in sorted(f.files) if k.startswith("leaf_")]
-    if len(stored) != len(leaves):
-        raise ValueError(f"checkpoint {path} has {len(stored)} arrays but the method's state has {len(leaves)}; "
-                         "was it written by a different method or network?")
-    out = []
-    for i, (a, b) in enumerate(zip(stored, leaves, strict=True)):
-        typed_key = hasattr(b, "dtype") and jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key)
-        want = _storable(b).shape if typed_key else np.shape(b)
-        if np.shape(a) != want:
-            raise ValueError(f"checkpoint {path}: array {i} has shape {np.shape(a)}, the state expects {want}")
-        out.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(b)) if typed_key else jax.numpy.asarray(a))
-    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def method_of(cfg: cfgmod.Config) -> Method:
@@ -132,33 +70,6 @@ def default_run_dir(cfg: cfgmod.Config) -> Path:
     return Path("runs") / f"{cfg.name}-{stamp}"
 
 
-def plot_curves(history: list, task: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    key = "rmse" if task == "regression" else "accuracy"
-    ev = [h for h in history if "test" in h]
-    xlabel = "round" if ev and "round" in ev[0] else "epoch"
-    ep = [h[xlabel] for h in ev]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a1.plot(ep, [h["test"][key] for h in ev], marker=".")
-    a1.set_xlabel(xlabel)
-    a1.set_ylabel(f"test {key}")
-    a1.grid(alpha=0.3)
-    a2.plot(ep, [h["sparsity"]["neurons_pruned_frac"] for h in ev], label="neurons pruned")
-    a2.plot(ep, [h["sparsity"]["weights_zero_frac"] for h in ev], label="weights zero")
-    a2.set_xlabel(xlabel)
-    a2.set_ylabel("fraction")
-    a2.set_ylim(-0.02, 1.02)
-    a2.legend()
-    a2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: bool | None = None,
                resume: bool = False) -> tuple[Path, dict, TrainResult]:
     """Train ``cfg`` and write its run folder; returns (folder, summary, result).
@@ -169,9 +80,12 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     """
     run_dir = _start_run_dir(cfg, run_dir)
     data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
+    DataRecord.from_dataset(data).save(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     ckpt, prog = run_dir / "checkpoint.npz", run_dir / "progress.json"
-    done = checkpointed_epoch(run_dir) if resume else 0
+    if resume and ckpt.exists() and not previous_path(ckpt).exists():
+        checkpoint_epoch(ckpt)   # an unreadable checkpoint with no previous one to fall back to: say so, stop
+    done = checkpointed_epoch(ckpt, prog) if resume else 0
     if done:
         kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= done]
         metrics_path.write_text("".join(k + "\n" for k in kept))
@@ -181,10 +95,10 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
     def on_checkpoint(state, epoch):
         if cfg.output.checkpoint and (epoch % cfg.output.checkpoint_every == 0 or epoch == cfg.train.epochs):
             save_checkpoint(ckpt, state, epoch)
-            _atomic_write(prog, lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
+            atomic_write(prog, lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
 
-    def restore(fresh):
-        return (load_checkpoint(ckpt, fresh), done) if done else (fresh, 0)
+    def resume_from(fresh):
+        return restore(ckpt, fresh, prog) if done else (fresh, 0)
 
     def on_epoch(record):
         with open(metrics_path, "a") as f:
@@ -199,7 +113,7 @@ def run_config(cfg: cfgmod.Config, run_dir: str | Path | None = None, progress: 
                     batch_size=cfg.train.batch_size, seed=cfg.train.seed, dtype=cfg.train.dtype,
                     eval_every=cfg.train.eval_every,
                     progress=cfg.train.progress if progress is None else progress, on_epoch=on_epoch,
-                    on_checkpoint=on_checkpoint, resume=restore, divergence=divergence_guard(cfg))
+                    on_checkpoint=on_checkpoint, resume=resume_from, divergence=divergence_guard(cfg))
     summary = _summary(cfg, data, res)
     _finish(cfg, run_dir, summary, res, data)
     return run_dir, summary, res
@@ -218,7 +132,7 @@ def _divergence_note(cfg: cfgmod.Config, run_dirs: list[Path]):
     except DivergenceError as e:
         progs = [d / "progress.json" for d in run_dirs]
         if cfg.output.checkpoint and all(p.exists() for p in progs):
-            ep = checkpointed_epoch(run_dirs[0])
+            ep = checkpointed_epoch(run_dirs[0] / "checkpoint.npz", run_dirs[0] / "progress.json")
             where = (f"the checkpoint of epoch {ep}, the last good one, is kept in "
                      f"{run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent}")
         else:
@@ -302,6 +216,8 @@ def _run_group_vmapped(cfgs, run_dirs: list[Path], progress):
     datasets = [load(c.data.name, seed=c.data.seed, **c.data.options) for c in cfgs]
     method = method_of(c0)
     dirs = [_start_run_dir(c, d) for c, d in zip(cfgs, run_dirs, strict=True)]
+    for d, data in zip(dirs, datasets, strict=True):
+        DataRecord.from_dataset(data).save(d)
     for d in dirs:
         (d / "metrics.jsonl").write_text("")
 
@@ -313,7 +229,7 @@ def _run_group_vmapped(cfgs, run_dirs: list[Path], progress):
         if c0.output.checkpoint and (epoch % c0.output.checkpoint_every == 0 or epoch == c0.train.epochs):
             for i, d in enumerate(dirs):
                 save_checkpoint(d / "checkpoint.npz", jax.tree_util.tree_map(lambda a, i=i: a[i], states), epoch)
-                _atomic_write(d / "progress.json", lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
+                atomic_write(d / "progress.json", lambda f: f.write(json.dumps({"epoch": epoch}).encode()))
 
     with _divergence_note(c0, dirs):
         g = train_group(method, c0.method.hparams, c0.model.spec(), datasets, seeds=[c.train.seed for c in cfgs],
@@ -348,15 +264,22 @@ def _finish(cfg, run_dir: Path, summary: dict, res, data) -> None:
         if high:
             print(f"warning: {cfg.method.name} chains have not converged ({run_dir}): R-hat > 1.05 for {high}; "
                   "run longer (warmup/draws) or more chains", file=sys.stderr)
-    _atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
-    if cfg.output.checkpoint:
-        save_checkpoint(run_dir / "checkpoint.npz", state, history[-1].get("epoch") if history else None)
+    # the final state, always (output.checkpoint only switches the periodic checkpoints off), before the summary
+    ckpt = run_dir / "checkpoint.npz"
+    last = (history[-1].get("epoch", history[-1].get("round")) if history else None)
+    if not (cfg.output.checkpoint and ckpt.exists() and checkpointed_epoch(ckpt) == last):
+        save_checkpoint(ckpt, state, last)
+    atomic_write(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if cfg.output.plots:
-        plot_curves(history, data.spec.task, run_dir / "curves.png")
+        from emtdamp.plots import plot_calibration, plot_curves
+
+        title = f"{cfg.method.name} · {cfg.data.name}"
+        prunes = any(r.get("sparsity", {}).get("neurons_pruned_frac", 0) or r.get("sparsity", {}).get(
+            "weights_zero_frac", 0) for r in history)
+        plot_curves(history, data.spec.task, run_dir / "curves.png", title=title, prunes=bool(prunes))
         if data.spec.task == "classification":
             probs = predict_in_chunks(algo, state, data.x_test).probs
-            plot_reliability(probs, data.y_test, run_dir / "calibration.png",
-                             title=f"{cfg.method.name} {cfg.data.name}")
+            plot_calibration(probs, data.y_test, run_dir / "calibration.png", title=title)
 
 
 def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
@@ -424,24 +347,32 @@ class Run:
 
     @functools.cached_property
     def data(self) -> Dataset:
-        """The run's dataset (same split and scaling as in training), loaded on first use."""
+        """The run's dataset (same split and scaling as in training), loaded on first use (prediction does
+        not need it: see :attr:`record`)."""
         c = self.config.data
         return load(c.name, seed=c.seed, **c.options)
+
+    @functools.cached_property
+    def record(self) -> DataRecord:
+        """What prediction needs about the training data (spec, transforms, class and column names): the
+        folder's ``data.json``; for folders written before it existed, read off the reloaded dataset."""
+        if (self.dir / DATA_RECORD).exists():
+            return DataRecord.load(self.dir)
+        return DataRecord.from_dataset(self.data)
 
     @functools.cached_property
     def algorithm(self):
         """The run's method built for its model, data and hyperparameters (an
         :class:`~emtdamp.methods.base.Algorithm`, with its chains, or a federated
         :class:`~emtdamp.methods.federated.FedAlgorithm`): its ``predict`` reads :attr:`state`."""
-        return _algorithm_and_template(self.config, self.data)[0]
+        return _algorithm_and_template(self.config, self.record.spec)[0]
 
     def predictive(self, x: np.ndarray) -> Predictive:
         """The method's own predictive on *model* inputs ``x (n, d)`` (already scaled like ``data.x_test``),
         in standardised target units (:class:`emtdamp.methods.Predictive`)."""
         if self.state is None:
-            raise FileNotFoundError(f"{self.dir / 'checkpoint.npz'} not found: the run was written with "
-                                    "output.checkpoint: false, so its state was not kept; train it again with "
-                                    "output.checkpoint=true")
+            raise FileNotFoundError(f"{self.dir / 'checkpoint.npz'} not found: the run stopped before its end (or an "
+                                    "older emtdamp ran it with output.checkpoint: false); train it again")
         with jax.enable_x64(self.config.train.dtype == "float64"):
             return predict_in_chunks(self.algorithm, self.state, np.asarray(x, np.float32))
 
@@ -464,14 +395,14 @@ class Run:
         Raises ValueError (one line, naming the fix) for a wrong shape, NaN/inf rows or bad levels.
         """
         x_raw = np.asarray(x_raw)
-        d = self.data.spec.n_features
+        d = self.record.spec.n_features
         if x_raw.ndim != 2 or x_raw.shape[1] != d:
             raise ValueError(f"x has shape {x_raw.shape}; the model expects (n, {d}) in the training data's raw "
                              "units")
         bad = ~np.isfinite(x_raw.astype(np.float64))
         if bad.any():
             raise ValueError(f"{int(bad.any(1).sum())} rows of x hold NaN/inf; drop or impute them first")
-        x = model_inputs(self.data, x_raw)
+        x = self.record.model_inputs(x_raw)
         out = self.to_original_units(self.predictive(x))
         if not levels and n_samples <= 0:
             return out
@@ -481,7 +412,7 @@ class Run:
                              "probabilities (drop levels)")
         mix = self.mixture(x)
         if mix.mean is not None:
-            y_mean, y_std = self.data.y_mean, self.data.y_std
+            y_mean, y_std = self.record.y_scale
             mix = mix._replace(mean=mix.mean * y_std + y_mean, var=mix.var * y_std ** 2)
         return out._replace(intervals=central_intervals(mix, levels) if levels else None,
                             samples=sample_mixture(mix, n_samples, seed) if n_samples > 0 else None)
@@ -490,18 +421,18 @@ class Run:
         """A standardised :class:`~emtdamp.methods.Predictive` in the data's original target units."""
         if pred.probs is not None:
             return Prediction(probs=np.asarray(pred.probs))
-        y_mean, y_std = self.data.y_mean, self.data.y_std
+        y_mean, y_std = self.record.y_scale
         return Prediction(mean=np.asarray(pred.mean) * y_std + y_mean, var=np.asarray(pred.var) * y_std ** 2)
 
 
-def _algorithm_and_template(cfg: cfgmod.Config, data: Dataset):
+def _algorithm_and_template(cfg: cfgmod.Config, spec: DataSpec):
     """The built method of ``cfg`` and the shape of its state (the structure a checkpoint is restored into)."""
     fm = get_fed_method(cfg.method.name)
     with jax.enable_x64(cfg.train.dtype == "float64"):
         if fm is not None:
-            algo = fm.build(cfg.model.spec(), data.spec, cfg.method.hparams, cfg.train.batch_size)
+            algo = fm.build(cfg.model.spec(), spec, cfg.method.hparams, cfg.train.batch_size)
         else:
-            algo = method_of(cfg).build(cfg.model.spec(), data.spec, cfg.method.hparams)
+            algo = method_of(cfg).build(cfg.model.spec(), spec, cfg.method.hparams)
         like = jax.eval_shape(algo.init, jax.random.PRNGKey(cfg.train.seed))
     return algo, like
 
@@ -526,8 +457,8 @@ def _as_config(config: str | Path | Mapping | cfgmod.Config, overrides: list[str
         raise TypeError(f"config must be a YAML path, a dict of config blocks or an emtdamp Config, "
                         f"got {type(config).__name__}")
     raw = cfgmod.apply_overrides(raw, overrides)
-    for key, value in key_paths.items():
-        raw = cfgmod.set_path(raw, key.replace("__", ".").split("."), value)
+    raw = cfgmod.apply_settings(raw, [(k.replace("__", ".").split("."), v, f"{k.replace('__', '.')}={v!r}")
+                                      for k, v in key_paths.items()])
     model = raw.get("model")
     if isinstance(model, dict) and model.get("module") is not None and not isinstance(model["module"], str):
         raw["model"] = {**model, "module": _import_path(model["module"])}
@@ -584,7 +515,7 @@ def load_run(path: str | Path) -> Run:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     run = Run(dir=run_dir, config=cfg, summary=summary, history=_read_history(run_dir), state=None)
     if (run_dir / "checkpoint.npz").exists():
-        algo, like = _algorithm_and_template(cfg, run.data)
+        algo, like = _algorithm_and_template(cfg, run.record.spec)
         run.__dict__["algorithm"] = algo  # the cached_property, from the build that gave the template
         with jax.enable_x64(cfg.train.dtype == "float64"):
             run.state = load_checkpoint(run_dir / "checkpoint.npz", like)

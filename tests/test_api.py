@@ -51,7 +51,7 @@ def test_load_run_predict_equals_the_cli(tmp_path):
     np.savez(tmp_path / "x.npz", x=x)
     assert cli.main(["predict", str(run.dir), str(tmp_path / "x.npz"), "--out", str(tmp_path / "p.npz")]) == 0
     p = np.load(tmp_path / "p.npz")
-    q = emtdamp.load_run(run.dir).predict(x.astype(np.float32))
+    q = emtdamp.load_run(run.dir).predict(x)   # the same float64 rows the CLI reads from x.npz
     np.testing.assert_array_equal(p["mean"], q.mean)
     np.testing.assert_array_equal(p["var"], q.var)
 
@@ -85,13 +85,19 @@ def test_predict_errors_name_the_problem(tmp_path):
         emtdamp.load_run(tmp_path / "nothing")
 
 
-def test_run_without_checkpoint_keeps_state_in_memory_only(tmp_path):
+def test_run_without_periodic_checkpoints_still_keeps_its_final_state(tmp_path):
+    """output.checkpoint: false switches the per-epoch checkpoints off; the final state is written anyway, so
+    the folder predicts as the in-memory run does. A folder without it says so in one line."""
     run = emtdamp.fit(BOSTON_ADAM, run_dir=tmp_path / "r", **{"output.checkpoint": False})
-    assert run.predict(np.zeros((2, 13))).mean.shape == (2, 1)
+    x = np.zeros((2, 13))
+    assert run.predict(x).mean.shape == (2, 1)
+    assert not (run.dir / "progress.json").exists() and not (run.dir / "checkpoint.prev.npz").exists()
     again = emtdamp.load_run(run.dir)
-    assert again.state is None and again.summary is not None
-    with pytest.raises(FileNotFoundError, match="output.checkpoint=true"):
-        again.predict(np.zeros((2, 13)))
+    assert again.state is not None and again.summary is not None
+    np.testing.assert_array_equal(again.predict(x).mean, run.predict(x).mean)
+    (run.dir / "checkpoint.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="train it again"):
+        emtdamp.load_run(run.dir).predict(x)
 
 
 def test_classification_run_predicts_raw_pixels(tmp_path):

@@ -112,9 +112,13 @@ def test_cli_sweep_vmap_writes_complete_run_folders_equal_to_sequential(tmp_path
         for k in a:
             if k.startswith("test_"):
                 assert float(a[k]) == pytest.approx(float(b[k]), rel=METRIC_RTOL), (a["run"], k)
+    # folders named after what the sweep varies (both keys end in "seed", so they keep their block)
+    assert [r["folder"] for r in v] == [r["folder"] for r in s] == [
+        "data.seed=0,train.seed=0", "data.seed=0,train.seed=4", "data.seed=1,train.seed=0", "data.seed=1,train.seed=4"]
     for i in range(4):
-        rv, rs = tmp_path / "v" / f"run{i:03d}", tmp_path / "s" / f"run{i:03d}"
-        for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.npz", "progress.json", "curves.png"):
+        rv, rs = tmp_path / "v" / v[i]["folder"], tmp_path / "s" / s[i]["folder"]
+        for f in ("config.yaml", "data.json", "metrics.jsonl", "summary.json", "checkpoint.npz", "progress.json",
+                  "curves.png"):
             assert (rv / f).exists(), (i, f)
         assert (rv / "config.yaml").read_text() == (rs / "config.yaml").read_text().replace("plots: false",
                                                                                          "plots: true")
@@ -179,8 +183,8 @@ def test_fallback_when_datasets_differ_in_shape(tmp_path, capsys, ragged_dataset
     err = capsys.readouterr().err
     notes = [ln for ln in err.splitlines() if ln.startswith("note:")]
     assert len(notes) == 1 and "not vmapped" in notes[0] and "differ in shape" in notes[0], err
-    for i, n_train in enumerate((40, 50)):
-        s = json.loads((tmp_path / "out" / f"run{i:03d}" / "summary.json").read_text())
+    for folder, n_train in (("seed=0", 40), ("seed=1", 50)):   # sweeps name folders after what they vary
+        s = json.loads((tmp_path / "out" / folder / "summary.json").read_text())
         assert s["n_train"] == n_train and "vmapped_group" not in s and np.isfinite(s["test"]["rmse"])
     assert len(list(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))) == 2
 
@@ -247,5 +251,5 @@ def test_boston_uci_protocol_vmapped(tmp_path):
     for name, v in rmse.items():
         assert len(v) == 10 and np.all(np.isfinite(v)) and max(v) < 4.0, (name, v)
     assert np.mean(rmse["a_sghmc_sa"]) < 3.0
-    s = json.loads((tmp_path / "run050" / "summary.json").read_text())
+    s = json.loads((tmp_path / "method=a_sghmc_sa,seed=0" / "summary.json").read_text())
     assert s["vmapped_group"] == 10 and s["method"] == "a_sghmc_sa" and s["n_train"] == 455 and s["n_test"] == 51

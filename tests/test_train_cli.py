@@ -58,7 +58,7 @@ def test_run_folder_and_summary_schema(tmp_path):
     assert set(SUMMARY_KEYS) <= set(s)
     assert set(s["test"]) == {"accuracy", "nll", "ece"}
     assert set(s["sparsity"]) >= {"neurons_pruned_frac", "weights_zero_frac", "params_remaining"}
-    assert set(s["time"]) == {"total_s", "per_epoch_s", "compile_s"}
+    assert set(s["time"]) == {"total_s", "epochs_s", "per_epoch_s", "compile_s", "compile_eval_s"}
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2] and "accuracy" in lines[-1]["test"]
     assert s["sparsity"]["params_remaining"] == 784 * 16 + 16 + 16 * 10 + 10
