@@ -289,11 +289,14 @@ def from_dict(raw: dict, name: str = "config") -> Config:
     if train.chains > 1:
         _check_chains(method.name, train.chains)
     check = getattr(method.hparams, "check_train", None)  # optional cross-field check of a method
-    if callable(check):
-        try:
+    resolve = getattr(method.hparams, "with_train", None)  # optional: fields derived from the train block
+    try:
+        if callable(check):
             check(train)
-        except ValueError as e:
-            raise ConfigError(f"method: {e}") from None
+        if callable(resolve):
+            method = dataclasses.replace(method, hparams=resolve(train))
+    except ValueError as e:
+        raise ConfigError(f"method: {e}") from None
     output = build_dataclass(OutputConfig, raw.get("output"), "output", _RANGES)
     sweep = None
     if raw.get("sweep") is not None:

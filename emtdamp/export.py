@@ -7,7 +7,7 @@ What is exported is one network, pruned units removed:
   whose support probability π is below 0.5 are dropped, as ``sparsity`` counts them);
 - ``em_mcmc``: the final iterate compacted by its keep masks, :func:`emtdamp.em_mcmc.compact_mlp`;
 - every other MLP method (adam, sgd, the SG-MCMC family): its final weights (SG-MCMC: the last sample),
-  with hidden units whose outgoing weights are all zero removed (:func:`compact_dense`).
+  with hidden units whose outgoing weights are all zero removed (:func:`emtdamp.models.mlp.compact_dense`).
 
 Input features whose first-layer rows are all zero are dropped too (the exported network records which
 raw columns it reads). The folder holds ``params.msgpack`` (flax serialisation of
@@ -26,23 +26,6 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "emtdamp-mlp/1"
-
-
-def compact_dense(layers: list[dict]) -> tuple[list[dict], np.ndarray]:
-    """Remove what contributes nothing from an MLP (``[{"kernel": (in, out), "bias": (out,)}]``, numpy):
-    hidden unit ``j`` of layer ``l`` when row ``j`` of kernel ``l + 1`` is all zero (its column and bias entry
-    in layer ``l`` go with it), and input ``i`` when row ``i`` of the first kernel is all zero.
-
-    Returns ``(layers, inputs)`` with ``apply(layers, x[:, inputs]) == apply(original, x)`` exactly.
-    """
-    out = [{"kernel": np.asarray(p["kernel"]), "bias": np.asarray(p["bias"])} for p in layers]
-    for i in range(len(out) - 1):
-        live = np.any(out[i + 1]["kernel"] != 0, axis=1)
-        out[i] = {"kernel": out[i]["kernel"][:, live], "bias": out[i]["bias"][live]}
-        out[i + 1] = {"kernel": out[i + 1]["kernel"][live], "bias": out[i + 1]["bias"]}
-    inputs = np.flatnonzero(np.any(out[0]["kernel"] != 0, axis=1))
-    out[0] = {"kernel": out[0]["kernel"][inputs], "bias": out[0]["bias"]}
-    return out, inputs
 
 
 def exported_network(run) -> tuple[list[dict], np.ndarray, str]:
@@ -73,6 +56,8 @@ def exported_network(run) -> tuple[list[dict], np.ndarray, str]:
     if not isinstance(params, (list, tuple)):
         raise ValueError(f"emtdamp export does not know how to read {name}'s state; export supports emtdamp, "
                          "em_mcmc, adam, sgd and the SG-MCMC methods on an MLP")
+    from emtdamp.models.mlp import compact_dense
+
     layers, inputs = compact_dense([_np(p) for p in params])
     return layers, inputs, "the final weights" if name in ("adam", "sgd") else "the last posterior sample"
 

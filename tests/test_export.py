@@ -9,8 +9,8 @@ import pytest
 
 import emtdamp
 from emtdamp import cli
-from emtdamp.export import compact_dense
 from emtdamp.models import mlp
+from emtdamp.models.mlp import compact_dense
 
 
 def _raw_rows(run, n=20):

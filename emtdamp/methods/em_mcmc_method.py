@@ -80,6 +80,10 @@ class EMMCMCHParams:
     prune_target: float = hparam(0.0, range=(0.0, 1.0),
                                  doc="one-shot: fraction of each layer's input groups removed at the "
                                      "first EM event (0 = threshold only)")
+    target_density: float = hparam(1.0, range=(1e-6, 1.0),
+                                   doc="κ: share of each layer's input groups kept by the one-shot prune, the knob "
+                                       "emtdamp and the compression baselines share (= 1 - prune_target; "
+                                       "1 = use prune_target)")
     sparse: bool = hparam(True, doc="False: dense adaptive VB / SGHMC (no EM, no pruning)")
     warm_up: int = hparam(50, range=(0, 10**7), doc="epochs before EM and pruning start (EM at epoch > warm_up)")
     eta: float = hparam(0.1, range=(0.0, 1e6), doc="step on the preconditioner logit rho")
@@ -211,6 +215,10 @@ def sample_mixture(apply_fn, state: EMMCMCMethodState, x: jax.Array, task: str) 
 def build_em_mcmc() -> Method:
     def build(model: ModelSpec, data: DataSpec, hp: EMMCMCHParams) -> Algorithm:
         init_fn, apply_fn = build_network(model, data)
+        if hp.target_density < 1.0 and hp.prune_target > 0:
+            raise ValueError(f"em_mcmc: target_density={hp.target_density} and prune_target={hp.prune_target} set "
+                             "the same cut twice; keep one (target_density = 1 - prune_target)")
+        prune_target = 1.0 - hp.target_density if hp.target_density < 1.0 else hp.prune_target
         if hp.learn_noise and hp.loss_scale != 1.0:
             raise ValueError("em_mcmc: learn_noise replaces loss_scale (the noise variance is learned); "
                              f"leave loss_scale at 1, got {hp.loss_scale}")
@@ -227,7 +235,7 @@ def build_em_mcmc() -> Method:
             dtype, n_data=n, c2_peak=hp.c2_peak, cycle_epochs=hp.cycle_epochs, beta1=hp.beta1,
             beta2=hp.beta2, eps0=hp.eps0, eps1=hp.eps1, eps_ungrouped=hp.eps_bias,
             soft_threshold=hp.soft_threshold, hard_threshold=hp.hard_threshold, eta=hp.eta,
-            temperature=n ** (-hp.temperature_power), prune_target=hp.prune_target, warm_up=hp.warm_up,
+            temperature=n ** (-hp.temperature_power), prune_target=prune_target, warm_up=hp.warm_up,
             steps_per_epoch=hp.steps_per_epoch, em_enabled=hp.sparse, soft_estep=hp.estep == "soft",
             update_theta=hp.update_theta, posterior_noise=hp.noise == "posterior",
             rho_adapt_steps=_burn_in_steps(hp.burn_in, hp.steps_per_epoch) if hp.noise == "posterior" else -1)

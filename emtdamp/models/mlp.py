@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "sigmoid": jax.nn.sigmoid}
 
@@ -83,3 +84,20 @@ def to_flax(layer_sizes: Sequence[int], activation: str = "relu"):
 def to_flax_params(params: list[dict]) -> dict:
     """Our params list as the variables dict of :func:`to_flax`'s module."""
     return {"params": {f"Dense_{i}": dict(p) for i, p in enumerate(params)}}
+
+
+def compact_dense(layers: list[dict]) -> tuple[list[dict], np.ndarray]:
+    """Remove what contributes nothing from an MLP (``[{"kernel": (in, out), "bias": (out,)}]``, numpy):
+    hidden unit ``j`` of layer ``l`` when row ``j`` of kernel ``l + 1`` is all zero (its column and bias entry
+    in layer ``l`` go with it), and input ``i`` when row ``i`` of the first kernel is all zero.
+
+    Returns ``(layers, inputs)`` with ``apply(layers, x[:, inputs]) == apply(original, x)`` exactly.
+    """
+    out = [{"kernel": np.asarray(p["kernel"]), "bias": np.asarray(p["bias"])} for p in layers]
+    for i in range(len(out) - 1):
+        live = np.any(out[i + 1]["kernel"] != 0, axis=1)
+        out[i] = {"kernel": out[i]["kernel"][:, live], "bias": out[i]["bias"][live]}
+        out[i + 1] = {"kernel": out[i + 1]["kernel"][live], "bias": out[i + 1]["bias"]}
+    inputs = np.flatnonzero(np.any(out[0]["kernel"] != 0, axis=1))
+    out[0] = {"kernel": out[0]["kernel"][inputs], "bias": out[0]["bias"]}
+    return out, inputs
