@@ -17,13 +17,14 @@ standardised by the data module; multiply a standardised MSE by ``y_std**2`` for
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import truncnorm
 
 from emtdamp.data.base import Dataset, make_classification, make_regression
 from emtdamp.data.registry import register_dataset
 
 
 def _design(rng: np.random.Generator, n: int, p: int) -> np.ndarray:
+    from scipy.stats import truncnorm  # here, not at import: scipy.stats costs ~1 s (emtdamp list)
+
     r = truncnorm.rvs(-10.0, 10.0, size=(n, p + 1), random_state=rng)
     return (r[:, :1] + r[:, 1:]) / np.sqrt(2.0)
 

@@ -19,7 +19,6 @@ All functions take draws shaped ``(chains, draws, ...)`` and return one value pe
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
 
 
 def split_chains(x: np.ndarray) -> np.ndarray:
@@ -34,6 +33,8 @@ def rank_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     m, n = x.shape[:2]
     flat = x.reshape(m * n, -1)
+    from scipy import special, stats  # here, not at import: scipy.stats costs ~1 s (emtdamp list)
+
     r = stats.rankdata(flat, axis=0, method="average")
     z = special.ndtri((r - 0.375) / (m * n + 0.25))
     return z.reshape(x.shape)
