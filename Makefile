@@ -18,7 +18,7 @@ demo: install
 TEST_WORKERS ?= 2
 
 test: install
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=20
 
 test-slow: install
 	$(PYTHON) -m pytest -q -m slow
