@@ -12,7 +12,7 @@ import pytest
 from emtdamp import config as C
 from emtdamp.data import load
 from emtdamp.loops.centralised import train
-from emtdamp.methods import ModelSpec, get_method
+from emtdamp.methods import Batch, ModelSpec, get_method
 from emtdamp.methods.base import DataSpec
 from emtdamp.methods.registry import get_fed_method
 from emtdamp.models import cnn, mlp, network
@@ -269,7 +269,7 @@ def test_model_config_defaults_and_round_trip():
 
 
 CNN_METHODS = {"adam", "sgd", "em_mcmc", "sgld", "sghmc", "sgld_sa", "sghmc_sa", "sgld_em", "sghmc_em",
-               "a_sghmc", "a_sghmc_em", "a_sghmc_sa", "fedavg"}
+               "a_sghmc", "a_sghmc_em", "a_sghmc_sa", "fedavg", "group_lasso", "group_snip", "adam_prune"}
 
 
 def test_methods_without_cnn_support_raise_at_init():
@@ -284,6 +284,22 @@ def test_methods_without_cnn_support_raise_at_init():
                 fm.build(model, IMG, hp, 10)
             else:
                 get_method(name).build(model, IMG, hp)
+
+
+def test_group_snip_prunes_conv_input_channels():
+    """The compression baselines group a conv kernel (kh, kw, C_in, C_out) by input channel: κ = 0.5 keeps
+    ceil(0.5 C_in) channels of every prunable kernel (the first, on the 2 image channels, is exempt here)."""
+    m = get_method("group_snip")
+    algo = m.build(ModelSpec(hidden=(8,), kind="cnn", conv=(4, 6)), IMG,
+                   m.hparams_cls(target_density=0.5, prune_inputs=False))
+    st = algo.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = Batch(jnp.asarray(rng.normal(size=(10, 60)), jnp.float32), jnp.asarray(rng.integers(0, 3, 10)),
+                  jnp.ones(10))
+    st, _ = jax.jit(algo.step)(st, batch)
+    assert [int(jnp.sum(mk)) for mk in st.masks] == [2, 2, 3, 4]   # of 2 (exempt), 4, 6, 8 groups
+    conv1 = np.asarray(st.params["Conv_1"]["kernel"])               # (k, k, 4, 6): input channels 0..3
+    assert np.all(conv1[:, :, ~np.asarray(st.masks[1]), :] == 0)
 
 
 def test_fedavg_trains_the_cnn(mnist400, tmp_path):

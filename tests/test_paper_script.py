@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper.py"
 METHODS = {"emtdamp", "group_lasso", "group_snip", "adam_prune", "em_mcmc"}
 
 
+@pytest.mark.slow   # ~55 s (two κ values x five methods x two seeds, compiled): a script, not the library
 def test_kappa_quick_writes_csv_md_png(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(SCRIPT), "kappa", "--dataset", "boston", "--quick", "--out", str(out)],
