@@ -75,21 +75,28 @@ def save_checkpoint(path: Path, state, epoch: int | None = None, keep_previous: 
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _read(path: Path) -> tuple[list[np.ndarray], int | None]:
-    """All leaves and the stored epoch of a checkpoint; CheckpointError (one line) if it is unreadable."""
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}; a truncated "
+                           "or corrupt file); delete it to start over, or restore a copy")
+
+
+def _read(path: Path) -> list[np.ndarray]:
+    """All leaves of a checkpoint; CheckpointError (one line) if it is unreadable."""
     try:
         with np.load(path) as f:
-            stored = [np.asarray(f[k]) for k in sorted(f.files) if k.startswith("leaf_")]
-            epoch = int(f["epoch"]) if "epoch" in f.files else None
+            return [np.asarray(f[k]) for k in sorted(f.files) if k.startswith("leaf_")]
     except UNREADABLE as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:80]}; a truncated "
-                              "or corrupt file); delete it to start over, or restore a copy") from None
-    return stored, epoch
+        raise _unreadable(path, e) from None
 
 
 def checkpoint_epoch(path: Path) -> int | None:
-    """The epoch count stored in a checkpoint by :func:`save_checkpoint`, or None (none stored)."""
-    return _read(Path(path))[1]
+    """The epoch count stored in a checkpoint by :func:`save_checkpoint`, or None (none stored). Reads the
+    zip directory and the epoch entry only, not the state; CheckpointError if the file cannot be opened."""
+    try:
+        with np.load(path) as f:
+            return int(f["epoch"]) if "epoch" in f.files else None
+    except UNREADABLE as e:
+        raise _unreadable(path, e) from None
 
 
 def load_checkpoint(path: Path, like):
@@ -97,7 +104,7 @@ def load_checkpoint(path: Path, like):
     ``jax.eval_shape`` of one). Raises :class:`CheckpointError` for an unreadable file or one that does
     not fit ``like``."""
     leaves, treedef = jax.tree_util.tree_flatten(like)
-    stored, _ = _read(Path(path))
+    stored = _read(Path(path))
     if len(stored) != len(leaves):
         raise CheckpointError(f"checkpoint {path} has {len(stored)} arrays but the method's state has {len(leaves)}; "
                               "was it written by a different method or network?")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def cmd_export(args) -> int:
     from emtdamp.runs import load_run
 
     out = export_run(load_run(args.run_dir), args.out)
-    meta = __import__("json").loads((out / "model.json").read_text())
+    meta = json.loads((out / "model.json").read_text())
     print(f"wrote {out}: {meta['network']}, layers {meta['layer_sizes']}, {meta['n_params']} parameters, "
           f"reads {len(meta['inputs'])} of {meta['n_features']} input features")
     return 0

@@ -33,8 +33,7 @@ def exported_network(run) -> tuple[list[dict], np.ndarray, str]:
     which network it is. Raises ValueError (one line, naming the fix) for runs it cannot export."""
     cfg = run.config
     name = cfg.method.name
-    if run.state is None:
-        run.predictive(np.zeros((0, run.record.spec.n_features), np.float32))   # the one-line "no state" error
+    run.require_state()
     if cfg.model.kind != "mlp":
         raise ValueError(f"emtdamp export writes MLP runs; this run's model.kind is {cfg.model.kind!r} (its params "
                          "are in checkpoint.npz, restore them with emtdamp.load_run(...).state)")

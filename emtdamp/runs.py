@@ -367,12 +367,16 @@ class Run:
         :class:`~emtdamp.methods.federated.FedAlgorithm`): its ``predict`` reads :attr:`state`."""
         return _algorithm_and_template(self.config, self.record.spec)[0]
 
-    def predictive(self, x: np.ndarray) -> Predictive:
-        """The method's own predictive on *model* inputs ``x (n, d)`` (already scaled like ``data.x_test``),
-        in standardised target units (:class:`emtdamp.methods.Predictive`)."""
+    def require_state(self) -> None:
+        """Raise FileNotFoundError (one line, naming the fix) when the folder kept no final state."""
         if self.state is None:
             raise FileNotFoundError(f"{self.dir / 'checkpoint.npz'} not found: the run stopped before its end (or an "
                                     "older emtdamp ran it with output.checkpoint: false); train it again")
+
+    def predictive(self, x: np.ndarray) -> Predictive:
+        """The method's own predictive on *model* inputs ``x (n, d)`` (already scaled like ``data.x_test``),
+        in standardised target units (:class:`emtdamp.methods.Predictive`)."""
+        self.require_state()
         with jax.enable_x64(self.config.train.dtype == "float64"):
             return predict_in_chunks(self.algorithm, self.state, np.asarray(x, np.float32))
 
@@ -380,8 +384,7 @@ class Run:
         """The predictive on *model* inputs ``x (n, d)`` as its mixture components (one per kept posterior
         sample and chain; one Gaussian for EM-TDAMP / adam), standardised units
         (:class:`emtdamp.methods.base.Mixture`, numpy)."""
-        if self.state is None:
-            self.predictive(x[:0])   # the one-line "no checkpoint" error
+        self.require_state()
         with jax.enable_x64(self.config.train.dtype == "float64"):
             return mixture_in_chunks(self.algorithm, self.state, np.asarray(x, np.float32))
 
