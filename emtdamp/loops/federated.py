@@ -14,6 +14,7 @@ jitted call. There is no Python loop over clients in the hot path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -45,6 +46,38 @@ def partition(data: Dataset, hp, seed: int) -> ClientData:
     return fn(data.x_train, data.y_train, hp.n_clients, seed=seed)
 
 
+def select_clients(key: jax.Array, n_clients: int, n_selected: int, m_pad: int | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+    """The clients of one round and their local keys, as every round runner draws them: ``key`` (the
+    round's key, ``fold_in(k_loop, round)``) splits into a selection key and a local key; ``n_selected``
+    distinct clients are drawn (all of them, in order, when ``n_selected == n_clients``), padded to
+    ``m_pad`` slots by repeating the first ones, and slot ``j`` gets ``split(k_local, m_pad)[j]``.
+
+    Returns ``sel (m_pad,)`` client indices and ``keys (m_pad, 2)``.
+    """
+    m_pad = n_selected if m_pad is None else m_pad
+    k_sel, k_loc = jax.random.split(key)
+    if n_selected < n_clients:
+        sel = jax.random.choice(k_sel, n_clients, (n_selected,), replace=False)
+    else:
+        sel = jnp.arange(n_clients)
+    sel = jnp.concatenate([sel, sel[: m_pad - n_selected]])
+    return sel, jax.random.split(k_loc, m_pad)
+
+
+def client_updates(fm: FedAlgorithm) -> Callable:
+    """``updates(server, xs, ys, ms, keys) -> msgs``: ``vmap(client_update)`` over a leading client axis,
+    followed by the method's upload compression round trip (``compress``) so the simulated server reads
+    what a real one would."""
+    codec = fm.codec
+
+    def one(server, x, y, m, k):
+        msg = fm.client_update(server, x, y, m, k)
+        return msg if codec is None else codec.roundtrip_upload(server, msg)
+
+    return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))
+
+
 def make_round_fn(fm: FedAlgorithm, n_selected: int, devices: list | None = None) -> Callable:
     """``round(server, key, X, Y, M, counts) -> server``: select ``n_selected`` clients, update them
     in parallel (vmap; shard_map over ``devices`` when more than one), aggregate.
@@ -56,9 +89,7 @@ def make_round_fn(fm: FedAlgorithm, n_selected: int, devices: list | None = None
     devices = list(devices) if devices is not None else jax.devices()
     n_dev = len(devices)
     m_pad = n_dev * math.ceil(n_selected / n_dev)
-
-    def updates(server, xs, ys, ms, keys):
-        return jax.vmap(fm.client_update, in_axes=(None, 0, 0, 0, 0))(server, xs, ys, ms, keys)
+    updates = client_updates(fm)
 
     if n_dev > 1:
         mesh = Mesh(np.array(devices), ("clients",))
@@ -67,24 +98,36 @@ def make_round_fn(fm: FedAlgorithm, n_selected: int, devices: list | None = None
                                 check_vma=False)
 
     def round_fn(server, key, X, Y, M, counts):
-        k_sel, k_loc = jax.random.split(key)
-        K = X.shape[0]
-        sel = jax.random.choice(k_sel, K, (n_selected,), replace=False) if n_selected < K else jnp.arange(K)
-        sel = jnp.concatenate([sel, sel[: m_pad - n_selected]])
+        sel, keys = select_clients(key, X.shape[0], n_selected, m_pad)
         weights = counts[sel].astype(X.dtype) * (jnp.arange(m_pad) < n_selected)
-        msgs = updates(server, X[sel], Y[sel], M[sel], jax.random.split(k_loc, m_pad))
+        msgs = updates(server, X[sel], Y[sel], M[sel], keys)
         return fm.aggregate(server, msgs, weights), sel[:n_selected]
 
     return jax.jit(round_fn)
 
 
+@functools.lru_cache(maxsize=16)
+def jitted_client_step(fm: FedAlgorithm) -> tuple[Callable, Callable]:
+    """``(client_update, aggregate)`` of ``fm`` jitted once per built method (cached), for runners that
+    call clients one at a time: the Python-loop reference and the Flower ClientApp / ServerApp. The client
+    step includes the upload compression round trip, as in :func:`client_updates`."""
+    codec = fm.codec
+
+    def one(server, x, y, m, k):
+        msg = fm.client_update(server, x, y, m, k)
+        return msg if codec is None else codec.roundtrip_upload(server, msg)
+
+    return jax.jit(one), jax.jit(fm.aggregate)
+
+
 def python_loop_round(fm: FedAlgorithm, server, key, X, Y, M, counts, sel: np.ndarray):
-    """Reference / benchmark: the same round as :func:`make_round_fn` with a Python loop over clients."""
-    upd = jax.jit(fm.client_update)
+    """Reference / benchmark: the same round as :func:`make_round_fn` with a Python loop over clients
+    (the client step and the aggregate are jitted once per method, :func:`jitted_client_step`)."""
+    upd, agg = jitted_client_step(fm)
     k_loc = jax.random.split(jax.random.split(key)[1], len(sel))
     msgs = [upd(server, X[i], Y[i], M[i], k_loc[j]) for j, i in enumerate(sel)]
     stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *msgs)
-    return fm.aggregate(server, stacked, counts[np.asarray(sel)].astype(X.dtype))
+    return agg(server, stacked, counts[np.asarray(sel)].astype(X.dtype))
 
 
 @dataclasses.dataclass
@@ -95,8 +138,9 @@ class FedResult:
     sparsity: dict
     time: dict
     rounds_to_target: int | None
-    bytes_per_round: int
+    bytes_per_round: int                     # uploaded by all selected clients in the last round
     algorithm: FedAlgorithm | None = None   # the built method the server state belongs to
+    bytes_down_per_round: int = 0            # broadcast to all selected clients in the last round
 
 
 def reached(task: str, test: dict, target: float) -> bool:
@@ -131,6 +175,7 @@ def train_federated(fm: FedMethod, hp, model: ModelSpec, data: Dataset, *, round
     compile_s = time.perf_counter() - t0
     compile_eval_s = warm_evaluation(algo, server, data)
     upload = int(algo.upload_bytes(server))
+    down = int(algo.broadcast_bytes(server))
     history, test, hit, times = [], {}, None, []
     bar = tqdm(range(1, rounds + 1), desc=fm.name, unit="round", disable=not progress, leave=False, mininterval=0.5)
     t_start = time.perf_counter()
@@ -140,9 +185,11 @@ def train_federated(fm: FedMethod, hp, model: ModelSpec, data: Dataset, *, round
         jax.block_until_ready(server)
         times.append(time.perf_counter() - tr)
         test = evaluate(algo, server, data)
-        upload = int(algo.upload_bytes(server))
         rec = {"round": r, "wall_s": time.perf_counter() - t_start, "test": test,
-               "sparsity": default_sparsity(algo, server), "bytes_per_client": upload}
+               "sparsity": default_sparsity(algo, server), "bytes_per_client": upload,
+               "bytes_up": upload * n_sel, "bytes_down": down * n_sel}
+        # what the next round's clients will send and receive (the server state after this round)
+        upload, down = int(algo.upload_bytes(server)), int(algo.broadcast_bytes(server))
         if hit is None and reached(data.spec.task, test, hp.target):
             hit = r
         history.append(rec)
@@ -153,4 +200,6 @@ def train_federated(fm: FedMethod, hp, model: ModelSpec, data: Dataset, *, round
                      time={"total_s": time.perf_counter() - t0, "epochs_s": float(np.sum(times)),
                            "per_round_s": float(np.median(times)), "compile_s": compile_s,
                            "compile_eval_s": compile_eval_s, "per_epoch_s": float(np.median(times))},
-                     rounds_to_target=hit, bytes_per_round=upload * n_sel, algorithm=algo)
+                     rounds_to_target=hit, bytes_per_round=history[-1]["bytes_up"] if history else upload * n_sel,
+                     algorithm=algo,
+                     bytes_down_per_round=history[-1]["bytes_down"] if history else down * n_sel)

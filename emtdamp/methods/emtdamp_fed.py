@@ -26,11 +26,26 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emtdamp import tdamp
 from emtdamp.methods.base import DataSpec, ModelSpec, Predictive, hparam
 from emtdamp.methods.emtdamp_method import EmtdampHParams, tdamp_hparams, tdamp_predictive
-from emtdamp.methods.federated import FedAlgorithm, FedMethod, FedSettings, scan_local
+from emtdamp.methods.federated import (
+    FedAlgorithm,
+    FedMethod,
+    FedSettings,
+    MessageCodec,
+    decode_delta,
+    decode_log_ratio,
+    encode_delta,
+    encode_log_ratio,
+    flat_bytes,
+    half_dtype,
+    roundtrip_delta,
+    roundtrip_log_ratio,
+    scan_local,
+)
 from emtdamp.methods.registry import register_fed
 from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
@@ -80,6 +95,106 @@ def aggregate_gaussian(m, v, prior_m, prior_v, weights, rule: str, step: float =
         eta = jnp.sum(c * m / v, axis=0) - k_minus_1 * prior_m / prior_v
     lam = jnp.clip(lam, 1.0 / hi, 1.0 / lo)
     return eta / lam, clip_var(1.0 / lam)
+
+
+BROADCAST_LAYER = ("mu0", "s0", "b0", "vb0", "rho", "pi", "mask")
+"""Per layer, what the server broadcasts; ``W, V_W, slab_m, slab_v, b, v_b`` are derived (:func:`derive_moments`)
+and ``lam_acc`` is zero at every round end."""
+BROADCAST_SCALARS = ("v", "v_stat", "v_count", "count")
+UPLOAD_WEIGHTS = ("mu0", "s0")     # weight-sized (N_in, N_out): compressible
+UPLOAD_SMALL = ("b0", "vb0", "rho", "lam_acc")   # per bias / per group: always float32
+UPLOAD_SCALARS = ("v_stat_acc", "v_count_acc")
+
+
+def derive_moments(lay, count):
+    """The leaves of a server layer that follow from its prior: a fresh state (``count == 0``, :func:`tdamp.init`)
+    has ``W = mu0, V_W = s0``; after a round (:func:`aggregate`, then pruning) ``W = rho mu0`` and
+    ``V_W = clip(rho (s0 + mu0^2) - W^2)``; always ``slab = (mu0, s0)`` and ``b = b0, v_b = vb0``."""
+    rho = lay.rho[:, None]
+    W = rho * lay.mu0
+    VW = clip_var(rho * (lay.s0 + lay.mu0**2) - W**2)
+    fresh = count == 0
+    return lay.replace(W=jnp.where(fresh, lay.mu0, W), VW=jnp.where(fresh, lay.s0, VW), slab_m=lay.mu0,
+                       slab_v=lay.s0, b=lay.b0, vb=lay.vb0, lam_acc=jnp.zeros_like(lay.rho))
+
+
+def tdamp_codec(like: TdampState, compress: str) -> MessageCodec:
+    """Flat messages of ``emtdamp_fed`` for states shaped like ``like`` (see :data:`BROADCAST_LAYER`,
+    :data:`UPLOAD_WEIGHTS`); ``compress`` as :data:`emtdamp.methods.federated.COMPRESS`."""
+    half = half_dtype(compress)
+    active = compress.startswith("active")
+    derive = jax.jit(lambda st: st.replace(layers=[derive_moments(lay, st.count) for lay in st.layers]))
+
+    def pack_broadcast(server: TdampState) -> dict:
+        out = {k: np.asarray(getattr(server, k)) for k in BROADCAST_SCALARS}
+        for i, lay in enumerate(server.layers):
+            out.update({f"layers/{i}/{k}": np.asarray(getattr(lay, k)) for k in BROADCAST_LAYER})
+        return out
+
+    def unpack_broadcast(flat: dict) -> TdampState:
+        layers = []
+        for i, ref in enumerate(like.layers):
+            kw = {k: jnp.asarray(flat[f"layers/{i}/{k}"], getattr(ref, k).dtype) for k in BROADCAST_LAYER}
+            z = jnp.zeros(ref.W.shape, ref.W.dtype)
+            layers.append(ref.replace(W=z, VW=z, slab_m=z, slab_v=z, b=kw["b0"], vb=kw["vb0"],
+                                      lam_acc=jnp.zeros(ref.lam_acc.shape, ref.lam_acc.dtype), **kw))
+        z = jnp.zeros((), like.v.dtype)
+        st = like.replace(layers=layers, v=jnp.asarray(flat["v"], like.v.dtype),
+                          v_stat=jnp.asarray(flat["v_stat"], like.v.dtype),
+                          v_count=jnp.asarray(flat["v_count"], like.v.dtype), v_stat_acc=z, v_count_acc=z,
+                          count=jnp.asarray(flat["count"], like.count.dtype))
+        return derive(st)
+
+    def pack_upload(server: TdampState, msg: TdampState) -> dict:
+        out = {k: np.asarray(getattr(msg, k)) for k in UPLOAD_SCALARS}
+        for i, (g, loc) in enumerate(zip(server.layers, msg.layers, strict=True)):
+            keep = np.asarray(g.mask) > 0 if active else slice(None)
+            out.update({f"layers/{i}/{k}": np.asarray(getattr(loc, k)) for k in UPLOAD_SMALL})
+            if active:
+                out.update({f"layers/{i}/{k}": out[f"layers/{i}/{k}"][keep] for k in ("rho", "lam_acc")})
+            m, s0 = np.asarray(loc.mu0)[keep], np.asarray(loc.s0)[keep]
+            if half is None:
+                out[f"layers/{i}/mu0"], out[f"layers/{i}/s0"] = m, s0
+            else:
+                out[f"layers/{i}/mu0"] = encode_delta(m, np.asarray(g.mu0)[keep], half)
+                out[f"layers/{i}/s0"] = encode_log_ratio(s0, np.asarray(g.s0)[keep], half)
+        return out
+
+    def unpack_upload(server: TdampState, flat: dict) -> TdampState:
+        layers = []
+        for i, g in enumerate(server.layers):
+            keep = np.asarray(g.mask) > 0 if active else np.ones(g.mask.shape, bool)
+
+            def full(name, rows, fill, g=g, keep=keep):
+                out = np.array(np.asarray(fill), copy=True)
+                out[keep] = rows
+                return jnp.asarray(out, getattr(g, name).dtype)
+
+            m, s0 = flat[f"layers/{i}/mu0"], flat[f"layers/{i}/s0"]
+            if half is not None:
+                m = decode_delta(m, np.asarray(g.mu0)[keep], half)
+                s0 = decode_log_ratio(s0, np.asarray(g.s0)[keep], half)
+            kw = {k: jnp.asarray(flat[f"layers/{i}/{k}"], getattr(g, k).dtype) for k in ("b0", "vb0")}
+            layers.append(g.replace(mu0=full("mu0", m, g.mu0), s0=full("s0", s0, g.s0),
+                                    rho=full("rho", flat[f"layers/{i}/rho"], g.rho),
+                                    lam_acc=full("lam_acc", flat[f"layers/{i}/lam_acc"], jnp.zeros_like(g.lam_acc)),
+                                    **kw))
+        return server.replace(layers=layers, **{k: jnp.asarray(flat[k], server.v.dtype) for k in UPLOAD_SCALARS})
+
+    def roundtrip_upload(server: TdampState, msg: TdampState) -> TdampState:
+        layers = []
+        for g, loc in zip(server.layers, msg.layers, strict=True):
+            m = roundtrip_delta(loc.mu0, g.mu0, half)
+            s0 = roundtrip_log_ratio(loc.s0, g.s0, half)
+            if active:
+                keep = g.mask > 0
+                m, s0 = jnp.where(keep[:, None], m, g.mu0), jnp.where(keep[:, None], s0, g.s0)
+                loc = loc.replace(rho=jnp.where(keep, loc.rho, g.rho), lam_acc=jnp.where(keep, loc.lam_acc, 0.0))
+            layers.append(loc.replace(mu0=m, s0=s0))
+        return msg.replace(layers=layers)
+
+    return MessageCodec(pack_broadcast=pack_broadcast, unpack_broadcast=unpack_broadcast, pack_upload=pack_upload,
+                        unpack_upload=unpack_upload, roundtrip_upload=roundtrip_upload)
 
 
 def build_emtdamp_fed() -> FedMethod:
@@ -149,17 +264,16 @@ def build_emtdamp_fed() -> FedMethod:
         def predict(state: TdampState, x) -> Predictive:
             return tdamp_predictive(state, x, task, hp.plug_in)
 
+        codec = tdamp_codec(jax.eval_shape(init, jax.random.PRNGKey(0)), hp.compress)
+
         def upload_bytes(state: TdampState) -> int:
-            """Float32 bytes one client uploads: slab mean+variance of the weights in unpruned groups,
-            support logit and evidence per group, bias mean+variance, and the two v statistics."""
-            n = 2
-            for lay in state.layers:
-                alive = float(jnp.sum(lay.mask))
-                n += 2 * int(alive * lay.W.shape[1]) + 2 * lay.mask.shape[0] + 2 * lay.b.shape[0]
-            return 4 * n
+            """Bytes one client uploads (:func:`tdamp_codec`'s packed upload): slab mean + variance per weight
+            (float32, or half-precision deltas with ``compress``; unpruned groups only with ``compress=active``),
+            support and evidence per group, bias mean + variance, and the two v statistics."""
+            return flat_bytes(codec.pack_upload(state, state))
 
         return FedAlgorithm(init=init, client_update=client_update, aggregate=aggregate, predict=predict,
-                            upload_bytes=upload_bytes, sparsity=prune.sparsity)
+                            upload_bytes=upload_bytes, sparsity=prune.sparsity, codec=codec)
 
     return FedMethod(name="emtdamp_fed", hparams_cls=EmtdampFedHParams, build=build,
                      description="Bayesian FL with EM-TDAMP: clients run TDAMP, server aggregates posteriors + EM")

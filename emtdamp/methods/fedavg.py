@@ -7,13 +7,27 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from emtdamp.losses import data_loss, point_predictive
 from emtdamp.methods.base import Batch, DataSpec, ModelSpec, Predictive, hparam
-from emtdamp.methods.federated import FedAlgorithm, FedMethod, FedSettings, scan_local, weighted_mean
+from emtdamp.methods.federated import (
+    FedAlgorithm,
+    FedMethod,
+    FedSettings,
+    MessageCodec,
+    decode_delta,
+    encode_delta,
+    flat_bytes,
+    from_named,
+    half_dtype,
+    named_leaves,
+    roundtrip_delta,
+    scan_local,
+    weighted_mean,
+)
 from emtdamp.methods.registry import register_fed
-from emtdamp.models import mlp
 from emtdamp.models.network import build_network
 
 
@@ -24,6 +38,37 @@ class FedAvgHParams(FedSettings):
     optimizer: str = hparam("adam", choices=("adam", "sgd"), doc="local optimizer")
     learning_rate: float = hparam(1e-3, range=(0.0, 10.0), doc="local step size")
     momentum: float = hparam(0.0, range=(0.0, 1.0), doc="local SGD momentum")
+
+
+def weights_codec(like, compress: str) -> MessageCodec:
+    """Flat messages of FedAvg for server states shaped like ``like``: the broadcast and the upload are the
+    weights (and the noise variance) by key path; with ``compress=float16|bfloat16`` the upload sends every
+    array of two or more dimensions (kernels) as a half-precision delta against the broadcast (biases stay
+    float32). FedAvg has no groups: ``active`` sends everything."""
+    half = half_dtype(compress)
+    big = {k for k, a in named_leaves(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), like)).items()
+           if a.ndim >= 2}
+
+    def pack_upload(server, msg) -> dict:
+        flat = named_leaves(msg)
+        if half is None:
+            return flat
+        ref = named_leaves(server)
+        return {k: encode_delta(a, ref[k], half) if k in big else a for k, a in flat.items()}
+
+    def unpack_upload(server, flat: dict):
+        if half is not None:
+            ref = named_leaves(server)
+            flat = {k: decode_delta(a, ref[k], half) if k in big else a for k, a in flat.items()}
+        return from_named(like, flat)
+
+    def roundtrip_upload(server, msg):
+        if half is None:
+            return msg
+        return jax.tree_util.tree_map(lambda m, s: roundtrip_delta(m, s, half) if m.ndim >= 2 else m, msg, server)
+
+    return MessageCodec(pack_broadcast=named_leaves, unpack_broadcast=lambda flat: from_named(like, flat),
+                        pack_upload=pack_upload, unpack_upload=unpack_upload, roundtrip_upload=roundtrip_upload)
 
 
 def build_fedavg() -> FedMethod:
@@ -57,11 +102,15 @@ def build_fedavg() -> FedMethod:
         def predict(server, x) -> Predictive:
             return point_predictive(apply_fn(server["params"], x), task, server["noise_var"])
 
+        codec = weights_codec(jax.eval_shape(init, jax.random.PRNGKey(0)), hp.compress)
+
         def upload_bytes(server) -> int:
-            return 4 * mlp.count_params(server["params"])
+            """Bytes of the packed upload: the weights and the noise variance (kernels in half precision
+            with ``compress``)."""
+            return flat_bytes(codec.pack_upload(server, server))
 
         return FedAlgorithm(init=init, client_update=client_update, aggregate=aggregate, predict=predict,
-                            upload_bytes=upload_bytes)
+                            upload_bytes=upload_bytes, codec=codec)
 
     return FedMethod(name="fedavg", hparams_cls=FedAvgHParams, build=build,
                      description="FedAvg with local adam/sgd (optax); server averages weights by data count")

@@ -6,6 +6,12 @@ server state; ``client_update`` maps
 combines the stacked messages of the selected clients into the next server state. The round runner
 (:func:`emtdamp.loops.federated.make_round_fn`) selects clients, runs ``vmap(client_update)`` over them and
 aggregates, in one jitted call. Register one with :func:`emtdamp.methods.registry.register_fed`.
+
+Messages between processes (:mod:`emtdamp.integrations.flower`) are flat named arrays,
+``dict[str, np.ndarray]``, made by a method's :class:`MessageCodec`: the broadcast carries only the server
+state a client cannot derive, the upload only what ``aggregate`` reads, optionally compressed
+(``compress``: weight-sized arrays of active groups only and/or as float16 / bfloat16 deltas against the
+broadcast). ``unpack(pack(x))`` is exact without compression.
 """
 
 from __future__ import annotations
@@ -17,10 +23,119 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emtdamp.methods.base import hparam
+from emtdamp.pytrees import path_keys
 
 PyTree = Any
+Flat = dict[str, np.ndarray]
+
+COMPRESS = ("none", "active", "float16", "bfloat16", "active+float16", "active+bfloat16")
+"""``compress`` settings of the upload: ``active`` drops the weight rows (and group entries) of hard-pruned
+groups, ``float16`` / ``bfloat16`` send the weight-sized arrays as half-precision deltas against the broadcast."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageCodec:
+    """Flat named-array messages of a federated method (pure functions, host side, numpy out).
+
+    ``pack_broadcast(server) -> Flat``: the server state a client cannot derive;
+    ``unpack_broadcast(flat) -> server`` rebuilds the whole state (exactly: derived leaves are recomputed
+    with the formulas ``aggregate`` used).
+    ``pack_upload(broadcast_server, msg) -> Flat``: only the leaves ``aggregate`` reads, compressed per the
+    method's ``compress`` setting; ``unpack_upload(broadcast_server, flat) -> msg`` gives a message pytree
+    of ``client_update``'s structure (leaves ``aggregate`` does not read are filled from the server).
+    ``roundtrip_upload(server, msg) -> msg``: jittable, vmappable ``unpack_upload(server, pack_upload(server,
+    msg))`` restricted to what ``aggregate`` reads, so the vmapped simulation sees the same compression
+    error as a real federation.
+    """
+
+    pack_broadcast: Callable[[PyTree], Flat]
+    unpack_broadcast: Callable[[Flat], PyTree]
+    pack_upload: Callable[[PyTree, PyTree], Flat]
+    unpack_upload: Callable[[PyTree, Flat], PyTree]
+    roundtrip_upload: Callable[[PyTree, PyTree], PyTree]
+
+
+def flat_bytes(flat: Flat) -> int:
+    """Bytes of a flat message's arrays (what goes over the wire, headers and names not counted)."""
+    return int(sum(np.asarray(a).nbytes for a in flat.values()))
+
+
+def named_leaves(tree: PyTree, prefix: str = "") -> Flat:
+    """The leaves of ``tree`` as numpy arrays named by their key paths (``"params/0/kernel"``)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out[prefix + "/".join(str(k) for k in path_keys(path))] = np.asarray(leaf)
+    return out
+
+
+def from_named(like: PyTree, flat: Flat, prefix: str = "") -> PyTree:
+    """Inverse of :func:`named_leaves`: a pytree shaped like ``like`` (a state or its ``eval_shape``)
+    from the arrays ``flat`` holds under the same names; ValueError naming a missing or misshaped leaf."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    leaves = []
+    for path, ref in paths:
+        name = prefix + "/".join(str(k) for k in path_keys(path))
+        if name not in flat:
+            raise ValueError(f"message lacks array {name!r}; sender and receiver built different methods/networks")
+        a = np.asarray(flat[name])
+        if a.shape != tuple(ref.shape):
+            raise ValueError(f"message array {name!r} has shape {a.shape}, expected {tuple(ref.shape)}")
+        leaves.append(jnp.asarray(a, ref.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def half_dtype(compress: str):
+    """The wire dtype of weight-sized arrays under ``compress`` (None = full precision)."""
+    if compress.endswith("bfloat16"):
+        return jnp.bfloat16
+    if compress.endswith("float16"):
+        return jnp.float16
+    return None
+
+
+def encode_delta(x, ref, dtype) -> np.ndarray:
+    """``x - ref`` rounded to ``dtype`` (float16, or bfloat16 sent as its raw ``uint16`` bits, which every
+    wire format carries), the half-precision wire form of a weight-sized array."""
+    d = np.asarray(jnp.asarray(np.asarray(x) - np.asarray(ref)).astype(dtype))
+    return d.view(np.uint16) if dtype == jnp.bfloat16 else d
+
+
+def decode_delta(d, ref, dtype) -> np.ndarray:
+    """Inverse of :func:`encode_delta` (up to the rounding to ``dtype``), in ``ref``'s dtype."""
+    d = np.asarray(d)
+    if dtype == jnp.bfloat16:
+        d = d.view(jnp.bfloat16)
+    ref = np.asarray(ref)
+    return np.asarray(jnp.asarray(d).astype(jnp.float32).astype(ref.dtype) + ref)
+
+
+def roundtrip_delta(x: jax.Array, ref: jax.Array, dtype) -> jax.Array:
+    """Jittable :func:`decode_delta` of :func:`encode_delta`: the same rounding, in ``x``'s dtype."""
+    if dtype is None:
+        return x
+    return (x - ref).astype(dtype).astype(jnp.float32).astype(x.dtype) + ref
+
+
+def encode_log_ratio(v, ref, dtype) -> np.ndarray:
+    """A positive weight-sized array (a variance) as ``log(v / ref)`` rounded to ``dtype`` (relative error
+    ``<= 2^-11 |log(v / ref)|`` for float16: no underflow for tiny variances, never a negative one)."""
+    return encode_delta(jnp.log(jnp.asarray(v)), jnp.log(jnp.asarray(ref)), dtype)
+
+
+def decode_log_ratio(d, ref, dtype) -> np.ndarray:
+    """Inverse of :func:`encode_log_ratio`, in ``ref``'s dtype."""
+    ref = np.asarray(ref)
+    return np.asarray(jnp.exp(jnp.asarray(decode_delta(d, np.asarray(jnp.log(jnp.asarray(ref))), dtype))), ref.dtype)
+
+
+def roundtrip_log_ratio(v: jax.Array, ref: jax.Array, dtype) -> jax.Array:
+    """Jittable :func:`decode_log_ratio` of :func:`encode_log_ratio`."""
+    if dtype is None:
+        return v
+    return jnp.exp(roundtrip_delta(jnp.log(v), jnp.log(ref), dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +148,8 @@ class FedAlgorithm:
     ``aggregate(server_state, msgs, weights (m,)) -> server_state`` with ``msgs`` stacked over the
     ``m`` selected clients and ``weights`` their data counts (0 for filler clients);
     ``predict(server_state, x) -> Predictive``; ``upload_bytes(server_state) -> int`` bytes one
-    client sends per round; optional ``sparsity(server_state) -> dict``.
+    client sends per round; optional ``sparsity(server_state) -> dict``; optional ``codec``
+    (:class:`MessageCodec`) for messages between processes, and ``broadcast_bytes(server_state) -> int``.
     The static configuration is closed over (fixed by :attr:`FedMethod.build`), so a client process
     that built the same algorithm runs ``client_update`` on a received server state without ``init``.
     """
@@ -44,6 +160,14 @@ class FedAlgorithm:
     predict: Callable
     upload_bytes: Callable
     sparsity: Callable | None = None
+    codec: MessageCodec | None = None
+
+    def broadcast_bytes(self, server: PyTree) -> int:
+        """Bytes the server sends each selected client per round (the packed broadcast; the whole state
+        in float32 when the method has no codec)."""
+        if self.codec is not None:
+            return flat_bytes(self.codec.pack_broadcast(server))
+        return flat_bytes(named_leaves(server))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +193,8 @@ class FedSettings:
     client_fraction: float = hparam(1.0, range=(1e-6, 1.0), doc="share of clients selected per round")
     local_epochs: int = hparam(1, range=(1, 10_000), doc="local passes over each client's data per round")
     target: float = hparam(0.0, range=(0.0, 1e9), doc="accuracy (>=) or RMSE (<=) for rounds_to_target; 0 = none")
+    compress: str = hparam("none", choices=COMPRESS,
+                           doc="upload compression: active groups only and/or float16/bfloat16 weight deltas")
 
 
 def local_batches(key: jax.Array, mask: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
