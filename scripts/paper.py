@@ -448,7 +448,8 @@ FED_METHODS = ("emtdamp_fed", "fedavg")
 CURVE_LABELS = {**LABELS, "adam": "adam", "emtdamp_fed": "EM-TDAMP (FL)", "fedavg": "FedAvg (local adam)"}
 CURVE_COLORS = {"emtdamp": "C3", "adam": "C1", "group_lasso": "C0", "group_snip": "C2", "emtdamp_fed": "C3",
                 "fedavg": "C1"}
-CURVE_DATASETS = ("boston", "mnist5k")
+CURVE_DATASETS = ("boston", "mnist5k", "fashion_mnist")
+FED_DATASETS = ("boston", "mnist5k")   # the datasets with federated curve configs
 # The paper's curves (spec section 7.2), rounds -> value; FL "Adam" is read as FedAvg with local adam.
 PAPER_CURVES = {
     ("boston", "central"): {
@@ -518,7 +519,11 @@ def curves(args, argv: list[str] | None = None) -> int:
     figure = FIGURES[args.dataset]
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()
-    panels = {"central": list(args.methods or CURVE_METHODS), "fed": [] if args.no_fed else list(FED_METHODS)}
+    fed = not args.no_fed and args.dataset in FED_DATASETS
+    if not args.no_fed and not fed:
+        log(f"note: {args.dataset} has no federated curve configs (configs/paper/curves_<dataset>_<method>.yaml); "
+            "drawing the centralised curves only")
+    panels = {"central": list(args.methods or CURVE_METHODS), "fed": list(FED_METHODS) if fed else []}
     epochs = {"central": args.epochs, "fed": args.rounds}
     mean_curves: dict[tuple[str, str], dict[int, tuple[float, float, int]]] = {}
     seed_curves: dict[tuple[str, str], list[dict[int, float]]] = {}
@@ -779,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--no-cache", action="store_true", help="no persistent JAX compilation cache")
     k.add_argument("--out", required=True, help="output folder")
     c = sub.add_parser("curves", help="test metric vs epoch (centralised) and vs round (federated)")
-    c.add_argument("--dataset", required=True, help="boston or mnist5k")
+    c.add_argument("--dataset", required=True, help="boston, mnist5k or fashion_mnist (centralised only)")
     c.add_argument("--seeds", type=int, default=3, help="number of train seeds (default 3)")
     c.add_argument("--epochs", type=int, default=None, help="centralised epochs (default: the configs')")
     c.add_argument("--rounds", type=int, default=None, help="federated rounds (default: the configs')")
