@@ -6,6 +6,7 @@
     emtdamp export RUN_DIR --out DIR        (emtdamp.load_exported(DIR).apply(x_raw))
     emtdamp plot RUN_OR_SWEEP_DIR... --out FIG.png
     emtdamp predict RUN_DIR INPUT.csv|INPUT.npz|DATASET --out preds.csv|preds.npz [--levels 0.5,0.9] [--samples N]
+    emtdamp flower CONFIG [--supernodes N] [key.path=value ...] [--resume]   (pip install 'emtdamp[flower]')
 """
 
 from __future__ import annotations
@@ -196,6 +197,42 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_flower(args) -> int:
+    try:
+        from emtdamp.integrations.flower import run_local
+    except ImportError as e:
+        raise ValueError(f"Flower is not installed ({e}); pip install 'emtdamp[flower]'") from None
+    from emtdamp.runs import default_run_dir
+
+    if args.resume and Path(args.config).is_dir():  # emtdamp flower RUN_DIR --resume
+        run_dir = Path(args.config)
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found: is {run_dir} a run folder?")
+        cfg = cfgmod.load_config(run_dir / "config.yaml", [*args.overrides, f"output.dir={run_dir}"])
+    else:
+        cfg = cfgmod.load_config(args.config, args.overrides)
+        if args.resume and cfg.output.dir is None:
+            raise cfgmod.ConfigError("--resume needs the run folder: `emtdamp flower RUN_DIR --resume` or "
+                                     "`emtdamp flower CONFIG output.dir=RUN_DIR --resume`")
+    run_dir = Path(cfg.output.dir or default_run_dir(cfg))
+    try:
+        summary = run_local(cfg, run_dir, supernodes=args.supernodes, resume=args.resume, timeout=args.timeout,
+                            round_timeout=args.round_timeout)
+    except (RuntimeError, TimeoutError) as e:
+        raise ValueError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"emtdamp flower: interrupted; every process it started is stopped; continue with "
+              f"`emtdamp flower {run_dir} --resume --supernodes {args.supernodes}`", file=sys.stderr)
+        return 130
+    row = summary_row(summary)
+    row["bytes_up"], row["bytes_down"] = summary["bytes_per_round"], summary["bytes_down_per_round"]
+    _print_table([row], [c for c in row if c not in ("run", "dataset", "seed")])
+    if summary["missing"]:
+        print(f"rounds with missing clients: {summary['missing']}")
+    print(f"run folder: {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emtdamp", description="Sparse Bayesian deep learning in JAX.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -231,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--group-by", dest="group_by", default="auto",
                     help="'auto' (settings = what differs apart from seeds), 'run', or config keys, e.g. method.name")
     pl.set_defaults(fn=cmd_plot)
+    f = sub.add_parser("flower", help="train a federated config on a local Flower federation (SuperLink + SuperNodes "
+                                      "on 127.0.0.1) and write a run folder")
+    f.add_argument("config", help="a federated config (method.name emtdamp_fed / fedavg), or a run folder (--resume)")
+    f.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. method.compress=float16")
+    f.add_argument("--supernodes", type=int, default=2, help="SuperNodes to start; node p hosts clients k % N == p")
+    f.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpointed round")
+    f.add_argument("--timeout", type=float, default=3600.0, help="seconds the whole federation may take")
+    f.add_argument("--round-timeout", dest="round_timeout", type=float, default=120.0,
+                   help="seconds a round waits for its clients; later ones are dropped from the round")
+    f.set_defaults(fn=cmd_flower)
     return p
 
 
