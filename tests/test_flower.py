@@ -113,7 +113,7 @@ def test_three_supernodes_equal_the_vmapped_simulation(tmp_path):
         for k, v in g["test"].items():
             assert h["test"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (h["round"], k)
         assert h["bytes_up"] == g["bytes_up"] and h["bytes_down"] == g["bytes_down"]
-    assert summary["bytes_up_per_round"] == [g["bytes_up"] for g in sim.history]
+    assert summary["bytes_up_by_round"] == [g["bytes_up"] for g in sim.history]
     assert summary["engine"] == "flower" and summary["missing"] == {}
 
 

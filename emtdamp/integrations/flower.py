@@ -305,8 +305,8 @@ def _summary(s: Setup, history: list[dict], server, times: list[float], hit, t0:
             "model_kind": spec.kind, "layer_sizes": list(spec.layer_sizes(data.spec)) if spec.kind == "mlp" else None,
             "rounds": cfg.train.epochs, "rounds_to_target": hit, "target": hp.target,
             "bytes_per_round": last.get("bytes_up", 0), "bytes_down_per_round": last.get("bytes_down", 0),
-            "bytes_up_per_round": [h["bytes_up"] for h in history],
-            "bytes_down_per_round_all": [h["bytes_down"] for h in history],
+            "bytes_up_by_round": [h["bytes_up"] for h in history],
+            "bytes_down_by_round": [h["bytes_down"] for h in history],
             "n_clients": hp.n_clients, "partition": hp.partition, "engine": "flower", "supernodes": supernodes,
             "missing": {str(h["round"]): h["missing"] for h in history if h["missing"]}}
 
