@@ -472,10 +472,10 @@ PAPER_CURVES = {
 
 
 def curve_config(dataset: str, method: str) -> Path:
-    """The config of one curve: the κ sweep's (at κ = 1, nothing forced out) where the method has one, else
-    ``configs/paper/curves_<dataset>_<method>.yaml``."""
-    path = CONFIG_DIR / f"kappa_{dataset}_{method}.yaml"
-    return path if path.exists() else CONFIG_DIR / f"curves_{dataset}_{method}.yaml"
+    """The config of one curve: ``configs/paper/curves_<dataset>_<method>.yaml`` where there is one, else the
+    κ sweep's (``kappa_<dataset>_<method>.yaml``, run at ``--kappa``)."""
+    path = CONFIG_DIR / f"curves_{dataset}_{method}.yaml"
+    return path if path.exists() else CONFIG_DIR / f"kappa_{dataset}_{method}.yaml"
 
 
 def curve_configs(dataset: str, method: str, seeds: list[int], epochs: int | None, kappa: float = 1.0):
@@ -567,10 +567,10 @@ def curves_markdown(dataset, figure, panels, mean_curves, seed_curves, n_seeds, 
     lines = [f"# {sentence(figure.label)} vs epoch / round, {dataset} (EM-TDAMP paper's convergence curves)", "",
              f"Mean ± sd over {n_seeds} train seeds (one data split, data.seed 0); \"paper\": the value read off the "
              f"paper's figure at that round (spec §7.2; full MNIST where the dataset is mnist5k, so only the shapes "
-             f"compare). Produced by `{command}` in {wall:.0f} s. The centralised runs use the κ sweep's configs "
-             f"(configs/paper/kappa_{dataset}_<method>.yaml) at κ = {kappa:g} and "
-             f"configs/paper/curves_{dataset}_adam.yaml (dense); the federated ones "
-             f"configs/paper/curves_{dataset}_<method>.yaml."
+             f"compare). Produced by `{command}` in {wall:.0f} s. Configs: "
+             + ", ".join(f"{CURVE_LABELS[m]} `{curve_config(dataset, m).relative_to(ROOT)}`"
+                         for ms in panels.values() for m in ms)
+             + f"; the κ sweep's configs run at κ = {kappa:g}."
              + (" At κ = 1 nothing is cut, so group SNIP *is* adam (same initialisation and minibatches) and group "
                 "lasso differs from it only by its small penalty." if kappa == 1.0 else ""), ""]
     for panel, methods in panels.items():
@@ -683,7 +683,7 @@ def noise_study(args, argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figure = FIGURES["mnist5k"]
-    path = CONFIG_DIR / "kappa_mnist5k_emtdamp.yaml"
+    path = curve_config("mnist5k", "emtdamp")
     raw = cfgmod.read_yaml(path)
     t0 = time.perf_counter()
     data = None
@@ -692,7 +692,7 @@ def noise_study(args, argv: list[str] | None = None) -> int:
     for opt in NOISE_OPTIONS:
         curves_v[opt], curves_e[opt] = [], []
         for s in range(args.seeds):
-            settings = {"method.target_density": 1.0, "method.prune": "none", "method.v_update": opt,
+            settings = {"method.v_update": opt,
                         "train.epochs": args.epochs, "train.eval_every": 1, "train.seed": s}
             items = [(k.split("."), v, f"{k}={v}") for k, v in settings.items()]
             cfg = cfgmod.from_dict(cfgmod.apply_settings(raw, items), name=path.stem)
