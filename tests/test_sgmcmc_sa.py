@@ -308,7 +308,9 @@ def sg_omega(st, k):
 def test_methods_run_and_predict(name, task):
     x, y, spec = _toy(task)
     m = get_method(name)
-    hp = SGMCMCHParams(learning_rate=1e-3, burn_in=20, thin=2, n_samples=5, sigma_init=0.5)
+    # lr 5e-4: at 1e-3 the regression chains diverge for ~10% of init seeds with either noise generator
+    # (2/24 with jax.random.normal, 3/24 with sgmcmc.kernels.normal; 0/32 at 5e-4): a smoke test must be stable
+    hp = SGMCMCHParams(learning_rate=5e-4, burn_in=20, thin=2, n_samples=5, sigma_init=0.5)
     algo = m.build(ModelSpec(hidden=(8,)), spec, hp)
     st = algo.init(jax.random.key(0))
     st, met = _run_epochs(algo, st, x, y, 16, 10)

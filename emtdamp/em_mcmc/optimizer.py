@@ -39,6 +39,7 @@ import optax
 from emtdamp.em_mcmc import em
 from emtdamp.em_mcmc.groups import GroupSpec, apply_keep, init_keep, init_slab, weight_mask
 from emtdamp.em_mcmc.schedule import cyclical_lr, em_gate
+from emtdamp.sgmcmc.kernels import normal
 
 PyTree = Any
 
@@ -93,11 +94,13 @@ class EMMCMCState(NamedTuple):
 
 
 def noise_tree(key: jax.Array, count: jax.Array, params: PyTree) -> PyTree:
-    """The ``N(0, I)`` draw ``xi_t`` of step ``count`` (same structure / dtypes as ``params``)."""
+    """The ``N(0, I)`` draw ``xi_t`` of step ``count`` (same structure / dtypes as ``params``), from the samplers'
+    generator :func:`emtdamp.sgmcmc.kernels.normal` (XLA's Threefry; ≈ 3× cheaper per draw on CPU than
+    ``jax.random.normal``)."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.fold_in(key, count), len(leaves))
     return jax.tree_util.tree_unflatten(
-        treedef, [jax.random.normal(k, w.shape, w.dtype) for k, w in zip(keys, leaves, strict=True)])
+        treedef, [normal(k, w.shape, w.dtype) for k, w in zip(keys, leaves, strict=True)])
 
 
 def step_size(state: EMMCMCState) -> jax.Array:

@@ -433,12 +433,13 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                 out = cfg.apply(params, batch.x)
                 n = jnp.maximum(jnp.sum(batch.w), 1.0)
                 rss = cfg.n_train / n * jnp.sum(batch.w * jnp.sum((out - batch.y) ** 2, axis=-1))
-            if sparse:
+            if sparse and omega_mode != "none":   # ω ≡ 0 (sgld, sghmc, a_sghmc): the latents never move
                 xs = kernels_of(params, sparse)
+                frozen = {"delta_frozen": not hp.learn_delta, "sigma_frozen": not hp.learn_sigma}
                 if regression and cfg.noise != "sample":   # σ² is (sa) or tracks (fixed, UCI code) the noise
-                    lat = sg.sa_update(lat, xs, omega, state.hyper, n_obs=n_obs, rss=rss)
+                    lat = sg.sa_update(lat, xs, omega, state.hyper, n_obs=n_obs, rss=rss, **frozen)
                 else:                                         # σ² only scales the prior: weights-only update
-                    lat = sg.sa_update(lat, xs, omega, state.hyper)
+                    lat = sg.sa_update(lat, xs, omega, state.hyper, **frozen)
             noise_var = state.noise_var
             if regression and cfg.noise == "sample":   # Gibbs step s² | β (stochastic-gradient)
                 k_s2 = jax.random.fold_in(rng, 1)

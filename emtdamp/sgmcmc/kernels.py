@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -105,17 +106,44 @@ def schedule_value(s: PolynomialSchedule, count: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 # integrators (one update given a gradient)
 # --------------------------------------------------------------------------------------------------
-def _normal_like(key: jax.Array, tree: PyTree) -> PyTree:
+def normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Standard normal draws ``(shape)`` for the samplers' injected noise, from XLA's Threefry bit generator.
+
+    ``key`` is any JAX PRNG key (raw ``uint32`` key data or a typed key). Its one small ``jax.random.bits``
+    call seeds ``lax.rng_bit_generator(..., algorithm=RNG_THREE_FRY)``, XLA's own Threefry-2x32 (20 rounds,
+    the generator ``jax.random``'s default implementation also uses), which fills the array; the bits then
+    become normals exactly as ``jax.random.normal`` makes them (mantissa bits -> uniform on ``(−1, 1)``,
+    ``√2 · erfinv``). Why: on CPU ``jax.random.normal`` with the default ``threefry2x32`` implementation
+    spends ≈ 3× longer per draw than XLA's generator (one draw per weight per step dominated the SG-MCMC
+    step), and the ``rbg`` / ``unsafe_rbg`` implementations are slower still there (XLA's default RNG on
+    CPU is Philox); docs/speed.md has the measurements. Different keys give independent streams as with
+    ``jax.random``; the stream is not the one ``jax.random.normal(key)`` would give.
+    """
+    dtype = jnp.dtype(dtype)
+    gen = dtype if dtype.itemsize >= 4 else jnp.dtype(jnp.float32)   # float16 / bfloat16: draw in float32
+    nbits, nmant = jnp.finfo(gen).bits, jnp.finfo(gen).nmant
+    uint = jnp.uint32 if nbits == 32 else jnp.uint64
+    seed = jax.random.bits(key, (4,), jnp.uint32)       # a raw uint32 key or a typed one
+    _, bits = jax.lax.rng_bit_generator(seed, tuple(shape), uint, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
+    one = np.array(1.0, gen).view(uint)
+    u = jax.lax.bitcast_convert_type(jax.lax.shift_right_logical(bits, uint(nbits - nmant)) | one, gen) - 1.0
+    lo = np.nextafter(np.array(-1.0, gen), np.array(0.0, gen))
+    u = jnp.maximum(lo, u * (1.0 - lo) + lo)                      # uniform on [lo, 1), as jax.random.uniform
+    return (np.array(np.sqrt(2.0), gen) * jax.lax.erf_inv(u)).astype(dtype)
+
+
+def normal_like(key: jax.Array, tree: PyTree) -> PyTree:
+    """:func:`normal` draws shaped and typed like every leaf of ``tree`` (one split key per leaf)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(key, len(leaves))
     return jax.tree_util.tree_unflatten(
-        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)])
+        treedef, [normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)])
 
 
 def sgld_update(key: jax.Array, position: PyTree, grad: PyTree, step_size: jax.Array,
                 inv_temp: jax.Array) -> PyTree:
     """One SGLD move ``θ − ε g + sqrt(2ε / inv_temp) ξ`` (leaf-wise, shapes preserved)."""
-    noise = _normal_like(key, position)
+    noise = normal_like(key, position)
     return jax.tree_util.tree_map(
         lambda x, g, z: x - (step_size * g).astype(x.dtype)
         + (jnp.sqrt(2.0 * step_size / inv_temp) * z).astype(x.dtype),
@@ -131,7 +159,7 @@ def sghmc_noise_std(step_size: jax.Array, momentum_decay: jax.Array, inv_temp: j
 def sghmc_update(key: jax.Array, position: PyTree, momentum: PyTree, grad: PyTree, step_size: jax.Array,
                  momentum_decay: jax.Array, inv_temp: jax.Array) -> tuple[PyTree, PyTree]:
     """One SGHMC move: ``v ← m v − ε g + std·ξ``, ``θ ← θ + v``; returns ``(position, momentum)``."""
-    noise = _normal_like(key, position)
+    noise = normal_like(key, position)
     std = sghmc_noise_std(step_size, momentum_decay, inv_temp)
     momentum = jax.tree_util.tree_map(
         lambda v, g, z: (momentum_decay * v - step_size * g + std * z).astype(v.dtype), momentum, grad, noise)

@@ -192,9 +192,18 @@ def sa_log_rho(log_rho: list, log1m_rho: list, z: list, omega: jax.Array) -> tup
     ``z`` is :func:`rho_tilde_logit`; ``log ρ̃ = log_sigmoid(z)``, ``log(1 − ρ̃) = log_sigmoid(−z)``.
     Returns the new ``(log ρ, log(1 − ρ))`` lists.
     """
-    out = [log_mix(lr, l1, jax.nn.log_sigmoid(v), jax.nn.log_sigmoid(-v), omega)
-           for lr, l1, v in zip(log_rho, log1m_rho, z, strict=True)]
+    out = [log_mix(lr, l1, *log_sigmoid_pair(v), omega) for lr, l1, v in zip(log_rho, log1m_rho, z, strict=True)]
     return [o[0] for o in out], [o[1] for o in out]
+
+
+def log_sigmoid_pair(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log_sigmoid(z), log_sigmoid(−z))`` with one ``exp`` and one ``log1p`` per element instead of two each.
+
+    Both are ``−softplus(∓z) = −(max(∓z, 0) + log1p(exp(−|z|)))`` (``jax.nn.softplus``'s own formula, so the
+    values are the same bit for bit); only ``log1p(exp(−|z|))`` is shared.
+    """
+    sp = jnp.log1p(jnp.exp(-jnp.abs(z)))
+    return -(jnp.maximum(-z, 0.0) + sp), -(jnp.maximum(z, 0.0) + sp)
 
 
 def update_kappa(kappa0: list, kappa1: list, rho: list, omega: jax.Array,
@@ -293,18 +302,25 @@ def update_sigma2(sigma2: jax.Array, xs: list, kappa0: list, kappa1: list, omega
 
 
 def sa_update(lat: SSGLLatents, xs: list, omega: jax.Array, hyper: SSGLHyper, *,
-              n_obs: float | jax.Array | None = None, rss: jax.Array | None = None) -> SSGLLatents:
+              n_obs: float | jax.Array | None = None, rss: jax.Array | None = None,
+              delta_frozen: bool = False, sigma_frozen: bool = False) -> SSGLLatents:
     """Steps 4-7 of Algorithm 1 at the new sample ``xs = β^{k+1}`` with SA step ``ω``.
 
     ``ω = 0`` leaves every latent unchanged; ``ω = 1`` is the EM update (fixed point of the
     E/M maps); regression passes ``rss`` and ``n_obs`` (see :func:`sigma_coefficients`).
+
+    ``delta_frozen`` / ``sigma_frozen`` (static): the caller knows ``hyper.learn_delta`` /
+    ``hyper.learn_sigma`` is 0, so steps 6 / 7 are skipped instead of computed and multiplied by
+    ``ω · 0`` (same latents: ``log_mix`` with a zero step returns its inputs bit for bit). Step 6 is
+    a log-sum-exp over every weight, two ``exp`` per weight and step.
     """
     z = rho_tilde_logit(xs, lat.log_delta, lat.log1m_delta, lat.sigma2, hyper)
     log_rho, log1m_rho = sa_log_rho(lat.log_rho, lat.log1m_rho, z, omega)
     rho = [jnp.exp(v) for v in log_rho]
     k0, k1 = update_kappa(lat.kappa0, lat.kappa1, rho, omega, hyper)
-    ld, l1d = update_log_delta(lat.log_delta, lat.log1m_delta, log_rho, log1m_rho, omega, hyper)
-    s2 = update_sigma2(lat.sigma2, xs, k0, k1, omega, hyper, n_obs=n_obs, rss=rss)
+    ld, l1d = (lat.log_delta, lat.log1m_delta) if delta_frozen else \
+        update_log_delta(lat.log_delta, lat.log1m_delta, log_rho, log1m_rho, omega, hyper)
+    s2 = lat.sigma2 if sigma_frozen else update_sigma2(lat.sigma2, xs, k0, k1, omega, hyper, n_obs=n_obs, rss=rss)
     return lat.replace(log_rho=log_rho, log1m_rho=log1m_rho, kappa0=k0, kappa1=k1, log_delta=ld,
                        log1m_delta=l1d, sigma2=s2)
 
