@@ -197,7 +197,29 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _flower_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--supernodes", type=int, default=2, help="SuperNodes to start; node p hosts clients k %% N == p")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpointed round")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds the whole federation may take")
+    p.add_argument("--round-timeout", dest="round_timeout", type=float, default=120.0,
+                   help="seconds a round waits for its clients; later ones are dropped from the round")
+
+
+def _flower_args(args) -> argparse.Namespace:
+    """The flower options given after CONFIG, mixed with the overrides (argparse stops at the first override)."""
+    p = argparse.ArgumentParser(prog="emtdamp flower", add_help=False)
+    _flower_options(p)
+    p.set_defaults(**{k: getattr(args, k) for k in ("supernodes", "resume", "timeout", "round_timeout")})
+    p.add_argument("overrides", nargs="*")
+    try:
+        return p.parse_intermixed_args(args.overrides)
+    except SystemExit:
+        raise ValueError(f"cannot read the arguments {' '.join(args.overrides)!r}; give key.path=value overrides "
+                         "and --supernodes/--resume/--timeout/--round-timeout") from None
+
+
 def cmd_flower(args) -> int:
+    args = argparse.Namespace(**{**vars(args), **vars(_flower_args(args))})
     try:
         from emtdamp.integrations.flower import run_local
     except ImportError as e:
@@ -271,12 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("flower", help="train a federated config on a local Flower federation (SuperLink + SuperNodes "
                                       "on 127.0.0.1) and write a run folder")
     f.add_argument("config", help="a federated config (method.name emtdamp_fed / fedavg), or a run folder (--resume)")
-    f.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. method.compress=float16")
-    f.add_argument("--supernodes", type=int, default=2, help="SuperNodes to start; node p hosts clients k % N == p")
-    f.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpointed round")
-    f.add_argument("--timeout", type=float, default=3600.0, help="seconds the whole federation may take")
-    f.add_argument("--round-timeout", dest="round_timeout", type=float, default=120.0,
-                   help="seconds a round waits for its clients; later ones are dropped from the round")
+    _flower_options(f)
+    f.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="key.path=value overrides, e.g. method.compress=float16 (options may follow them)")
     f.set_defaults(fn=cmd_flower)
     return p
 

@@ -55,7 +55,7 @@ def bench(method: str, n_clients: int, rows_per_client: int, repeats: int, loop_
     jax.block_until_ready(out)
     t_vmap = (time.perf_counter() - t) / repeats
     sel = np.arange(n_clients)
-    jax.block_until_ready(python_loop_round(algo, server, key, X, Y, M, C, sel[:1]))  # compile
+    jax.block_until_ready(python_loop_round(algo, server, key, X, Y, M, C, sel))  # compile (client step, aggregate)
     t = time.perf_counter()
     for r in range(loop_repeats):
         out = python_loop_round(algo, server, jax.random.fold_in(key, r), X, Y, M, C, sel)

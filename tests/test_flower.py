@@ -49,11 +49,14 @@ def _max_diff(a, b):
 
 
 def _no_leftovers(procs: fl.Processes):
+    """Nothing the launcher started runs on: neither its processes, nor their process groups, nor any process
+    carrying its environment tag (descendants in other sessions included); zombies (exited) excepted."""
+    out = subprocess.run(["ps", "-eo", "pgid=,stat=,pid=,args="], capture_output=True, text=True).stdout
     for name, p in procs.procs.items():
         assert p.poll() is not None, f"{name} still running"
-        out = subprocess.run(["ps", "-eo", "pgid=,stat=,pid=,args="], capture_output=True, text=True).stdout
         alive = [ln for ln in out.splitlines() if ln.split()[0] == str(p.pid) and not ln.split()[1].startswith("Z")]
-        assert not alive, f"processes of {name}'s group still running: {alive}"   # zombies (exited) excepted
+        assert not alive, f"processes of {name}'s group still running: {alive}"
+    assert procs.tagged() == [], "processes started by the federation still running"
 
 
 # ----------------------------------------------------------------------------- default tier (fast)
@@ -72,10 +75,12 @@ def test_generated_app_is_a_valid_flower_app(tmp_path):
 
 def test_processes_stop_whole_groups_and_ports_are_local(tmp_path):
     procs = fl.Processes(tmp_path, dict(os.environ))
-    # a parent that starts a child (as a SuperNode starts its SuperExec and ClientApps), both sleeping
+    # a parent that starts a child in its group (as a SuperNode starts its SuperExec and ClientApps) and one in
+    # a session of its own (as the SuperLink's SuperExec starts the ServerApp), all sleeping
     procs.start("tree", [sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '60']); "
-                                               "time.sleep(60)"])
-    time.sleep(0.5)
+                         "subprocess.Popen(['sleep', '61'], start_new_session=True); time.sleep(60)"])
+    time.sleep(1.0)
+    assert len(procs.tagged()) == 3
     t = time.monotonic()
     procs.stop_all(grace=2)
     assert time.monotonic() - t < 10

@@ -17,9 +17,9 @@ This is the one module that imports ``flwr`` (``pip install 'emtdamp[flower]'``,
   127.0.0.1 on free ports, submits the app with ``flwr run``, waits (bounded) and stops every process it
   started, also on error or Ctrl-C.
 
-Each SuperNode must get its own Runtime API port (``--port``): SuperNodes sharing the default 9094 on one
-machine is what makes ClientApps fail their heartbeats with HTTP 401 "Runtime task-token authentication
-failed" (a task token is valid only at the SuperNode that issued it).
+Each SuperNode gets its own Runtime API port (``--port``; a second SuperNode on the default 9094 of the
+same machine exits at once). On the HTTP 401 "Runtime task-token authentication failed" an earlier attempt
+met, see docs/flower.md.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import jax
@@ -362,12 +363,19 @@ def write_app(folder: Path) -> Path:
     return folder
 
 
+SESSION_VAR = "EMTDAMP_FLOWER_SESSION"
+"""Environment variable marking every process a :class:`Processes` started and all their descendants."""
+
+
 class Processes:
-    """Processes started in their own sessions and stopped together (SIGTERM to each process group, then
-    SIGKILL after ``grace`` seconds): a SuperNode's SuperExec and ClientApps die with it."""
+    """Processes started in their own sessions and stopped together: SIGTERM, then after ``grace`` seconds
+    SIGKILL, to each one's process group (a SuperNode's SuperExec and ClientApps) and to every process that
+    carries this launcher's :data:`SESSION_VAR` tag in its environment (the SuperLink's SuperExec starts the
+    ServerApp in a session of its own, which a group kill misses). Linux: the tag is read from /proc."""
 
     def __init__(self, log_dir: Path, env: dict):
-        self.log_dir, self.env, self.procs = log_dir, env, {}
+        self.tag = uuid.uuid4().hex
+        self.log_dir, self.env, self.procs = log_dir, {**env, SESSION_VAR: self.tag}, {}
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")
@@ -376,23 +384,52 @@ class Processes:
         self.procs[name] = p
         return p
 
+    def tagged(self) -> list[int]:
+        """Live processes carrying this launcher's tag (exited ones, zombies, have no readable environment)."""
+        mark = f"{SESSION_VAR}={self.tag}".encode()
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and int(d.name) != os.getpid():
+                try:
+                    if mark in (d / "environ").read_bytes().split(b"\0"):
+                        out.append(int(d.name))
+                except OSError:
+                    continue
+        return out
+
     def kill(self, name: str, sig=signal.SIGKILL) -> None:
-        p = self.procs[name]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, sig)
+        """Signal the process group of ``name`` (tests kill a SuperNode with it)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.procs[name].pid, sig)
+
+    def _signal_all(self, sig) -> None:
+        for name in reversed(list(self.procs)):
+            self.kill(name, sig)
+        for pid in self.tagged():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     def stop_all(self, grace: float = 5.0) -> None:
-        for name in reversed(list(self.procs)):
-            self.kill(name, signal.SIGTERM)
+        self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for name, p in self.procs.items():
-            try:
+        for p in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            self.kill(name, signal.SIGKILL)   # the whole group, children included
+        while self.tagged() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._signal_all(signal.SIGKILL)
+        for p in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=2)
+
+
+def flower_command(name: str) -> str:
+    """Path of one of Flower's executables (``flwr``, ``flower-superlink``, ``flower-supernode``): on PATH, else
+    beside this Python (a virtual environment that was not activated)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise FileNotFoundError(f"{name} not found on PATH or beside {sys.executable}; pip install 'emtdamp[flower]'")
+    return found
 
 
 def _wait_http(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -449,16 +486,18 @@ def run_local(cfg: cfgmod.Config, run_dir: Path, *, supernodes: int, resume: boo
         (work / "flwr").mkdir(parents=True)
         (work / "flwr" / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-        link = procs.start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port)])
+        link = procs.start("superlink", [flower_command("flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                                         "--port", str(port)])
         _wait_http(port, link, 60, "flower-superlink")
         for i in range(supernodes):
             procs.start(f"supernode{i}", [
-                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
-                "--port", str(free_port()), "--node-config", f"partition-id={i} num-partitions={supernodes}"])
+                flower_command("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                "--host", "127.0.0.1", "--port", str(free_port()),
+                "--node-config", f"partition-id={i} num-partitions={supernodes}"])
         app = write_app(work / "app")
         rc = (f'emtdamp-config="{config_path.resolve()}" run-dir="{run_dir.resolve()}" supernodes={supernodes} '
               f"round-timeout={float(round_timeout)} resume={'true' if resume else 'false'}")
-        sub = subprocess.run(["flwr", "run", str(app), "local", "--run-config", rc, "--format", "json"],
+        sub = subprocess.run([flower_command("flwr"), "run", str(app), "local", "--run-config", rc, "--format", "json"],
                              env=env, capture_output=True, text=True, timeout=120)
         if sub.returncode != 0:
             raise RuntimeError(f"flwr run failed: {(sub.stdout + sub.stderr).strip()[-400:]}")
