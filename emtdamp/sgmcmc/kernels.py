@@ -106,6 +106,24 @@ def schedule_value(s: PolynomialSchedule, count: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------------
 # integrators (one update given a gradient)
 # --------------------------------------------------------------------------------------------------
+def _threefry_bits(seed: jax.Array, shape: tuple[int, ...], uint) -> jax.Array:
+    """``lax.rng_bit_generator`` (Threefry) bits of ``shape`` from a ``(4,)`` uint32 seed, vmap-consistent.
+
+    ``rng_bit_generator``'s own batching rule draws the whole batch from the first seed of the batch, so a
+    vmapped call (several chains, vmapped seeds) would not give each row the numbers its unbatched call
+    gives; here a vmapped call is ``lax.map`` of the unbatched one (the same numbers, row by row).
+    """
+    @jax.custom_batching.custom_vmap
+    def gen(s):
+        return jax.lax.rng_bit_generator(s, shape, uint, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)[1]
+
+    @gen.def_vmap
+    def _rule(axis_size, in_batched, s):
+        return jax.lax.map(gen, s), True
+
+    return gen(seed)
+
+
 def normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     """Standard normal draws ``(shape)`` for the samplers' injected noise, from XLA's Threefry bit generator.
 
@@ -124,7 +142,7 @@ def normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Arr
     nbits, nmant = jnp.finfo(gen).bits, jnp.finfo(gen).nmant
     uint = jnp.uint32 if nbits == 32 else jnp.uint64
     seed = jax.random.bits(key, (4,), jnp.uint32)       # a raw uint32 key or a typed one
-    _, bits = jax.lax.rng_bit_generator(seed, tuple(shape), uint, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
+    bits = _threefry_bits(seed, tuple(shape), uint)
     one = np.array(1.0, gen).view(uint)
     u = jax.lax.bitcast_convert_type(jax.lax.shift_right_logical(bits, uint(nbits - nmant)) | one, gen) - 1.0
     lo = np.nextafter(np.array(-1.0, gen), np.array(0.0, gen))
