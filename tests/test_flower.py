@@ -153,9 +153,10 @@ def test_a_killed_supernode_is_dropped_and_the_run_finishes(tmp_path):
     assert lost and all(h["missing"] == [2] for h in lost) and hist[-1]["missing"] == [2]
     assert summary["missing"] == {str(h["round"]): [2] for h in lost}
     assert all(h["bytes_up"] == 2 * h["bytes_per_client"] for h in lost)
-    # the rounds without client 2 still learn: the final RMSE is within 15% of the clean simulation's (one of
-    # three iid Boston shards missing for the last rounds; across data seeds the clean 4-round RMSE itself
-    # varies by more than that)
+    # the rounds without client 2 still learn: the final RMSE is within 15% of the clean simulation's. 15% is
+    # the noise of a clean run: its 4-round RMSE has a 14% relative sd across data splits (3.86-5.54 over
+    # data.seed 0-4); dropping client 2 from round 2 or 3 on (the kill lands between them) gives 4.20 / 4.23
+    # against the clean 4.07 (both computed with the same keys outside Flower), so the margin is ~4x.
     clean = _simulate(cfg)
     assert summary["test"]["rmse"] == pytest.approx(clean.test["rmse"], rel=0.15)
     assert summary["test"]["rmse"] < hist[0]["test"]["rmse"]
