@@ -93,7 +93,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     print(f"method {args.method}, {args.rows} rows/client, 13-64-1, device {jax.devices()[0].platform}")
     print(f"{'clients':>8} {'vmap s/round':>13} {'loop s/round':>13} {'loop/vmap':>10} {'flower s/round':>15}")
-    for k in sorted(set(args.clients) | set(args.flower)):
+    counts = sorted(set(args.clients) | set(args.flower))
+    bench(args.method, counts[0], args.rows, repeats=2, loop_repeats=1)  # discarded: a process's first bench is slow
+    for k in counts:
         tv, tl = bench(args.method, k, args.rows, repeats=5, loop_repeats=1 if k >= 1000 else 2)
         tf = f"{bench_flower(args.method, k):>15.2f}" if k in args.flower else f"{'-':>15}"
         print(f"{k:>8} {tv:>13.4f} {tl:>13.4f} {tl / tv:>10.1f} {tf}")
