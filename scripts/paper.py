@@ -159,6 +159,25 @@ def make_configs(method: str, dataset: str, kappa: float, seeds: list[int], epoc
     return cfgs
 
 
+def finished_cell(cfgs, run_dirs) -> list[dict] | None:
+    """The summaries of a cell whose runs all finished with exactly these resolved configs (``--resume``), else
+    None (the cell is trained)."""
+    import json
+
+    import yaml
+
+    from emtdamp import config as cfgmod
+
+    out = []
+    for cfg, d in zip(cfgs, run_dirs, strict=True):
+        if not (d / "summary.json").exists() or not (d / "config.yaml").exists():
+            return None
+        if yaml.safe_load((d / "config.yaml").read_text()) != yaml.safe_load(yaml.safe_dump(cfgmod.to_dict(cfg))):
+            return None
+        out.append(json.loads((d / "summary.json").read_text()))
+    return out
+
+
 def train_cell(cfgs, run_dirs) -> list[dict | None]:
     """Train one cell's seeds as one vmapped group; per run with :func:`emtdamp.fit` if the group fails.
     Returns each run's summary (None for a run that failed even alone)."""
@@ -402,7 +421,7 @@ def kappa_sweep(args, argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         cfgs = make_configs(m, args.dataset, k, seeds, epochs)
         dirs = [out / "runs" / m / f"kappa={k:g}" / f"seed={s}" for s in seeds]
-        summaries = train_cell(cfgs, dirs)
+        summaries = (args.resume and finished_cell(cfgs, dirs)) or train_cell(cfgs, dirs)
         vals, params, dense = [], [], []
         for s, summ in zip(seeds, summaries, strict=True):
             if summ is None:
@@ -572,7 +591,8 @@ def curves_markdown(dataset, figure, panels, mean_curves, seed_curves, n_seeds, 
                          for ms in panels.values() for m in ms)
              + f"; the κ sweep's configs run at κ = {kappa:g}."
              + (" At κ = 1 nothing is cut, so group SNIP *is* adam (same initialisation and minibatches) and group "
-                "lasso differs from it only by its small penalty." if kappa == 1.0 else ""), ""]
+                "lasso differs from it only by its small penalty." if kappa == 1.0 and "group_snip" in panels["central"]
+                else ""), ""]
     for panel, methods in panels.items():
         if not methods:
             continue
@@ -788,6 +808,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--quick", action="store_true", help="2 κ values, 2 seeds, 3 epochs (smoke test)")
     k.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="subset of the methods")
     k.add_argument("--no-cache", action="store_true", help="no persistent JAX compilation cache")
+    k.add_argument("--resume", action="store_true",
+                   help="read back the cells of --out whose runs finished with the same resolved configs")
     k.add_argument("--out", required=True, help="output folder")
     c = sub.add_parser("curves", help="test metric vs epoch (centralised) and vs round (federated)")
     c.add_argument("--dataset", required=True, help="boston, mnist5k or fashion_mnist (centralised only)")
