@@ -288,6 +288,7 @@ def _run_federated(cfg, fm, data, run_dir: Path, on_round, progress):
                           progress=cfg.train.progress if progress is None else progress, on_round=on_round)
     summary = _summary(cfg, data, res, rounds=cfg.train.epochs, rounds_to_target=res.rounds_to_target,
                        target=cfg.method.hparams.target, bytes_per_round=res.bytes_per_round,
+                       bytes_down_per_round=res.bytes_down_per_round,
                        n_clients=cfg.method.hparams.n_clients, partition=cfg.method.hparams.partition)
     _finish(cfg, run_dir, summary, res, data)
     return run_dir, summary, res

@@ -279,7 +279,22 @@ def verdict(rows: dict, methods: list[str], kappas: list[float], label: str) -> 
     if sd_ours and sd_base:
         head += (f" Average sd over seeds at κ ≤ 0.5: EM-TDAMP {sum(sd_ours) / len(sd_ours):.3f}, the baselines "
                  f"{sum(sd_base) / len(sd_base):.3f}.")
+    paper_base = [m for m in base if m in PAPER_NAMES]
+    if paper_base and len(paper_base) < len(base):
+        won = []
+        for k in low:
+            c = _compare(rows, paper_base, k, "mean")
+            if c is not None and c[0] < c[2]:
+                won.append(k)
+        head += (f" Against the paper's own baselines only ({', '.join(LABELS[m] for m in paper_base)}), its mean "
+                 f"is best at {len(won)} of {len(low)}" + (f" (κ = {', '.join(f'{k:g}' for k in won)})" if won else "")
+                 + ": " + "; ".join(_paper_margin(rows, paper_base, k) for k in low) + ".")
     return [head, "", *lines]
+
+
+def _paper_margin(rows: dict, base: list[str], k: float) -> str:
+    ours, best, theirs = _compare(rows, base, k, "mean")
+    return f"κ = {k:g} {ours:.3f} vs {LABELS[best]} {theirs:.3f}"
 
 
 def notes(dataset: str, methods: list[str], kappas: list[float], rows: dict, dense: float) -> list[str]:
@@ -302,7 +317,7 @@ def notes(dataset: str, methods: list[str], kappas: list[float], rows: dict, den
 
 
 def write_outputs(out: Path, dataset: str, methods: list[str], kappas: list[float], rows: dict, budget: str,
-                  wall: float, command: str) -> None:
+                  wall: float, command: str, reused_note: str = "") -> None:
     label = FIGURES[dataset].label
     stem = f"kappa_{dataset}"
     with open(out / f"{stem}.csv", "w", newline="") as f:
@@ -322,7 +337,7 @@ def write_outputs(out: Path, dataset: str, methods: list[str], kappas: list[floa
     lines = [f"# {sentence(label)} vs kept-group share κ, {dataset} (EM-TDAMP paper's sparsity sweep)", "",
              f"{sentence(label)} (lower is better), mean ± sd over seeds; \"(paper)\": the paper's converged value "
              f"read off its figure (spec `shared/spec/emtdamp.md` §7.2, ±2 % of the axis; \"–\": not in the figure). "
-             f"Produced by `{command}` in {wall:.0f} s.", "",
+             f"Produced by `{command}` in {wall:.0f} s{reused_note}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in kappas:
         cells = [f"{k:.1f}"]
@@ -417,11 +432,14 @@ def kappa_sweep(args, argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows, per_run = {}, []
     n_cells = len(methods) * len(kappas)
+    n_reused = 0
     for i, (m, k) in enumerate([(m, k) for m in methods for k in kappas]):
         t = time.perf_counter()
         cfgs = make_configs(m, args.dataset, k, seeds, epochs)
         dirs = [out / "runs" / m / f"kappa={k:g}" / f"seed={s}" for s in seeds]
-        summaries = (args.resume and finished_cell(cfgs, dirs)) or train_cell(cfgs, dirs)
+        reused = args.resume and finished_cell(cfgs, dirs)
+        n_reused += bool(reused)
+        summaries = reused or train_cell(cfgs, dirs)
         vals, params, dense = [], [], []
         for s, summ in zip(seeds, summaries, strict=True):
             if summ is None:
@@ -454,7 +472,8 @@ def kappa_sweep(args, argv: list[str] | None = None) -> int:
     if args.quick:
         budget = "QUICK smoke run, not a result: " + budget
     command = "python scripts/paper.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_outputs(out, args.dataset, methods, kappas, rows, budget, wall, command)
+    reused_note = f" ({n_reused} of {n_cells} cells read back from the runs of an earlier call)" if n_reused else ""
+    write_outputs(out, args.dataset, methods, kappas, rows, budget, wall, command, reused_note)
     log(f"wrote {out / f'kappa_{args.dataset}.csv'}, .md, .png in {wall:.0f} s")
     return 0
 

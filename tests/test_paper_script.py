@@ -135,3 +135,24 @@ def test_curves_and_noise_short_runs_write_csv_md_png(tmp_path):
     assert fixed == [1.0, 1.0]                            # v_update=fixed keeps v0 = 1
     assert all(0 < float(r["error_mean"]) < 0.9 for r in rows)
     assert (out / "noise_mnist5k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_reads_back_only_cells_with_the_same_resolved_config(tmp_path):
+    import json
+
+    import yaml
+
+    from emtdamp import config as cfgmod
+
+    paper = _paper_module()
+    cfgs = paper.make_configs("group_snip", "boston", 0.3, [0, 1], None)
+    dirs = [tmp_path / f"seed={s}" for s in (0, 1)]
+    for cfg, d, acc in zip(cfgs, dirs, (0.1, 0.2), strict=True):
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump(cfgmod.to_dict(cfg), sort_keys=False))
+        (d / "summary.json").write_text(json.dumps({"test": {"nmse": acc}}))
+    got = paper.finished_cell(cfgs, dirs)
+    assert [g["test"]["nmse"] for g in got] == [0.1, 0.2]
+    assert paper.finished_cell(paper.make_configs("group_snip", "boston", 0.5, [0, 1], None), dirs) is None
+    (dirs[1] / "summary.json").unlink()                 # an unfinished run: the cell is trained again
+    assert paper.finished_cell(cfgs, dirs) is None
