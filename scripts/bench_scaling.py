@@ -215,9 +215,8 @@ def fed_rows(clients: list[int], rounds: int, seed: int) -> list[dict]:
                                "train.progress=false", "output.checkpoint=false", "output.plots=false"])
             t = time.perf_counter()
             try:
-                res = run_config(cfg, run_dir=f"/tmp/bench_scaling_fed/{name}-{k}", progress=False)
-                s = res.summary if hasattr(res, "summary") else {}
-                per = s.get("time", {}).get("per_epoch_s", float("nan"))
+                _, summary, _ = run_config(cfg, run_dir=f"/tmp/bench_scaling_fed/{name}-{k}", progress=False)
+                per = summary["time"].get("per_round_s", float("nan"))
                 err = ""
             except Exception as e:   # noqa: BLE001  (a client count a method refuses: report, go on)
                 per, err = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
