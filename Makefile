@@ -34,6 +34,7 @@ docs: install
 bench: install
 	$(PYTHON) scripts/benchmark.py
 	$(PYTHON) scripts/bench_tdamp.py
+	$(PYTHON) scripts/bench_scaling.py
 
 # Full Fashion-MNIST (70,000 IDX images) from Debian's package, for configs/*fashion_mnist*.yaml.
 fashion-data:
