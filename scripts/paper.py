@@ -1,6 +1,10 @@
 """Reproduce figures of the EM-TDAMP paper (Xu, Liu, Zhang, Lau, IEEE TSP 2024) with emtdamp.
 
-    python scripts/paper.py kappa --dataset boston [--seeds 3] [--epochs N] [--quick] --out DIR
+    python scripts/paper.py kappa --dataset boston|mnist5k|fashion_mnist [--seeds 3] [--epochs N] [--quick]
+                                  [--resume] --out DIR
+    python scripts/paper.py curves --dataset boston|mnist5k|fashion_mnist [--seeds 3] [--epochs N] [--rounds R]
+                                   [--kappa K] [--methods ...] [--no-fed] --out DIR
+    python scripts/paper.py noise [--seeds 3] [--epochs 20] --out DIR
 
 ``kappa``: the paper's kept-share sweep (spec ``shared/spec/emtdamp.md`` section 7.2, "Converged performance
 vs kept-group share"). For each kept share κ in {0.1, 0.2, 0.3, 0.5, 0.7, 1.0} and each method (``emtdamp``
@@ -17,6 +21,15 @@ paper's values beside ours), ``kappa_<dataset>.png`` (metric vs κ, ± sd error 
 (one row per run) and the run folders under ``runs/``. ``--epochs N`` retrains every method for N epochs and
 scales the configs' epoch-valued schedule settings (warm-up, ramp, fine-tuning, burn-in) in proportion.
 ``--quick``: 2 κ values, 2 seeds, 3 epochs (a smoke test of the pipeline, not a result).
+
+``curves``: test metric vs epoch for EM-TDAMP, adam, group lasso and group SNIP (the pruning methods at
+``--kappa``, default 1) and vs round for EM-TDAMP-FL vs FedAvg (10 iid clients; Boston and mnist5k), from
+``configs/paper/curves_<dataset>_<method>.yaml`` where there is one, else the κ sweep's config. Writes
+``curves_<dataset>.csv`` (``panel, method, epoch, mean, sd, n_seeds``), ``.md`` (values at the paper's rounds
+beside the paper's, epochs to adam's / FedAvg's final seed-mean, final mean ± sd) and ``.png``.
+
+``noise``: the paper's noise-variance study on mnist5k: EM-TDAMP with ``method.v_update`` closed_form,
+numerical and fixed; per-epoch test error and v (``noise_mnist5k.csv/.md/.png``).
 
 JAX's persistent compilation cache (``--out``/jax_cache, ``--no-cache`` to switch off) lets the runs of
 different κ reuse one compiled program: κ is an array in every method's state.
