@@ -48,19 +48,25 @@ def summary_row(summary: dict, label: str | None = None) -> dict:
     return row
 
 
-def cmd_train(args) -> int:
-    from emtdamp.runs import run_config
-
-    if args.resume and Path(args.config).is_dir():  # emtdamp train RUN_DIR --resume
+def _config_or_run_folder(args, command: str) -> cfgmod.Config:
+    """The config of ``emtdamp <command> CONFIG [k=v ...]``, or with ``--resume`` that of a run folder given in
+    CONFIG's place (its resolved ``config.yaml``, output.dir pointing back at it)."""
+    if args.resume and Path(args.config).is_dir():  # emtdamp <command> RUN_DIR --resume
         run_dir = Path(args.config)
         if not (run_dir / "config.yaml").exists():
             raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found: is {run_dir} a run folder?")
-        cfg = cfgmod.load_config(run_dir / "config.yaml", [*args.overrides, f"output.dir={run_dir}"])
-    else:
-        cfg = cfgmod.load_config(args.config, args.overrides)
-        if args.resume and cfg.output.dir is None:
-            raise cfgmod.ConfigError("--resume needs the run folder: `emtdamp train RUN_DIR --resume` or "
-                                     "`emtdamp train CONFIG output.dir=RUN_DIR --resume`")
+        return cfgmod.load_config(run_dir / "config.yaml", [*args.overrides, f"output.dir={run_dir}"])
+    cfg = cfgmod.load_config(args.config, args.overrides)
+    if args.resume and cfg.output.dir is None:
+        raise cfgmod.ConfigError(f"--resume needs the run folder: `emtdamp {command} RUN_DIR --resume` or "
+                                 f"`emtdamp {command} CONFIG output.dir=RUN_DIR --resume`")
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from emtdamp.runs import run_config
+
+    cfg = _config_or_run_folder(args, "train")
     if cfg.sweep is not None:
         print(f"note: {args.config} has a sweep block; `emtdamp train` runs the base config only "
               "(use `emtdamp sweep` for the grid)", file=sys.stderr)
@@ -226,16 +232,7 @@ def cmd_flower(args) -> int:
         raise ValueError(f"Flower is not installed ({e}); pip install 'emtdamp[flower]'") from None
     from emtdamp.runs import default_run_dir
 
-    if args.resume and Path(args.config).is_dir():  # emtdamp flower RUN_DIR --resume
-        run_dir = Path(args.config)
-        if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"{run_dir / 'config.yaml'} not found: is {run_dir} a run folder?")
-        cfg = cfgmod.load_config(run_dir / "config.yaml", [*args.overrides, f"output.dir={run_dir}"])
-    else:
-        cfg = cfgmod.load_config(args.config, args.overrides)
-        if args.resume and cfg.output.dir is None:
-            raise cfgmod.ConfigError("--resume needs the run folder: `emtdamp flower RUN_DIR --resume` or "
-                                     "`emtdamp flower CONFIG output.dir=RUN_DIR --resume`")
+    cfg = _config_or_run_folder(args, "flower")
     run_dir = Path(cfg.output.dir or default_run_dir(cfg))
     try:
         summary = run_local(cfg, run_dir, supernodes=args.supernodes, resume=args.resume, timeout=args.timeout,

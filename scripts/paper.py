@@ -155,6 +155,14 @@ def scaled_settings(method: str, raw: dict, epochs: int) -> dict:
     return out
 
 
+def with_settings(path: Path, raw: dict, settings: dict):
+    """The validated config of ``raw`` (read from ``path``) with ``{"block.key": value}`` settings applied."""
+    from emtdamp import config as cfgmod
+
+    items = [(k.split("."), v, f"{k}={v}") for k, v in settings.items()]
+    return cfgmod.from_dict(cfgmod.apply_settings(raw, items), name=path.stem)
+
+
 def make_configs(method: str, dataset: str, kappa: float, seeds: list[int], epochs: int | None):
     """The validated configs of one (method, κ) cell, one per train seed."""
     from emtdamp import config as cfgmod
@@ -165,11 +173,7 @@ def make_configs(method: str, dataset: str, kappa: float, seeds: list[int], epoc
     if epochs is not None:
         settings.update({"train.epochs": epochs, "train.eval_every": epochs})
         settings.update(scaled_settings(method, raw, epochs))
-    cfgs = []
-    for s in seeds:
-        items = [(k.split("."), v, f"{k}={v}") for k, v in {**settings, "train.seed": s}.items()]
-        cfgs.append(cfgmod.from_dict(cfgmod.apply_settings(raw, items), name=path.stem))
-    return cfgs
+    return [with_settings(path, raw, {**settings, "train.seed": s}) for s in seeds]
 
 
 def finished_cell(cfgs, run_dirs) -> list[dict] | None:
@@ -540,11 +544,7 @@ def curve_configs(dataset: str, method: str, seeds: list[int], epochs: int | Non
     if epochs is not None:
         settings["train.epochs"] = epochs
         settings.update(scaled_settings(method, raw, epochs) if method in EPOCH_KEYS else {})
-    cfgs = []
-    for s in seeds:
-        items = [(k.split("."), v, f"{k}={v}") for k, v in {**settings, "train.seed": s}.items()]
-        cfgs.append(cfgmod.from_dict(cfgmod.apply_settings(raw, items), name=path.stem))
-    return cfgs
+    return [with_settings(path, raw, {**settings, "train.seed": s}) for s in seeds]
 
 
 def read_curve(run_dir: Path, figure: Figure) -> dict[int, float]:
@@ -746,8 +746,7 @@ def noise_study(args, argv: list[str] | None = None) -> int:
         for s in range(args.seeds):
             settings = {"method.v_update": opt,
                         "train.epochs": args.epochs, "train.eval_every": 1, "train.seed": s}
-            items = [(k.split("."), v, f"{k}={v}") for k, v in settings.items()]
-            cfg = cfgmod.from_dict(cfgmod.apply_settings(raw, items), name=path.stem)
+            cfg = with_settings(path, raw, settings)
             if data is None:
                 data = load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)
             vs: list[float] = []
