@@ -17,6 +17,7 @@ from emtdamp.methods.base import Algorithm, Batch, DataSpec, Method, ModelSpec, 
 from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
+from emtdamp.tdamp.class_probs import CLASS_RULES
 from emtdamp.tdamp.state import EVIDENCE_MODES, RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
 
 
@@ -49,6 +50,9 @@ class EmtdampHParams:
     ramp: int = hparam(20, range=(1, 100000), doc="epochs over which the kept share ramps from 1 to kappa")
     prune_inputs: bool = hparam(True, doc="whether input features (first-layer groups) may be pruned")
     plug_in: bool = hparam(False, doc="predict with the posterior-mean network instead of moment propagation")
+    class_rule: str = hparam("product", choices=CLASS_RULES,
+                             doc="classification probabilities: 'product' (spec: normalised product of pairwise "
+                                 "probits) or 'max' (P of the largest noisy score; emtdamp.tdamp.class_probs)")
 
 
 def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
@@ -59,9 +63,9 @@ def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
                         rho0=hp.rho0, rho_clip=hp.rho_clip, v0=hp.v0, dtype=dtype)
 
 
-def tdamp_predictive(state, x, task: str, plug_in: bool) -> Predictive:
+def tdamp_predictive(state, x, task: str, plug_in: bool, class_rule: str = "product") -> Predictive:
     """:func:`emtdamp.tdamp.predict` as a :class:`Predictive` (moment propagation or plug-in)."""
-    out = tdamp.predict(state, x, plug_in=plug_in, task=task)
+    out = tdamp.predict(state, x, plug_in=plug_in, task=task, class_rule=class_rule)
     return Predictive(mean=out[0], var=out[1]) if task == "regression" else Predictive(probs=out)
 
 
@@ -91,7 +95,7 @@ def build_emtdamp() -> Method:
                                    ramp=hp.ramp, prune_inputs=hp.prune_inputs)
 
         def predict(state, x) -> Predictive:
-            return tdamp_predictive(state, x, task, hp.plug_in)
+            return tdamp_predictive(state, x, task, hp.plug_in, hp.class_rule)
 
         return Algorithm(init=init, step=step, predict=predict, sparsity=prune.sparsity, end_epoch=end_epoch)
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from emtdamp.tdamp import em, evidence, module_a, module_b
+from emtdamp.tdamp.class_probs import class_probs
 from emtdamp.tdamp.gaussian import bounds, clip_var, relu_posterior
 from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, ZStats, initial_slab_var
 
@@ -248,7 +249,8 @@ def forward_moments(state: TdampState, x: jax.Array, plug_in: bool = False) -> t
     return P, VP
 
 
-def predict(state: TdampState, x: jax.Array, plug_in: bool = False, task: str | None = None):
+def predict(state: TdampState, x: jax.Array, plug_in: bool = False, task: str | None = None,
+            class_rule: str = "product"):
     """Predictive distribution (spec 6).
 
     Parameters
@@ -257,23 +259,21 @@ def predict(state: TdampState, x: jax.Array, plug_in: bool = False, task: str | 
     plug_in: use the posterior-mean network instead of moment propagation.
     task: ``"regression"`` or ``"classification"``; default: regression if the output width is 1,
         else classification is *not* guessed -- pass it explicitly for K > 1 regression.
+    class_rule: classification only, :mod:`emtdamp.tdamp.class_probs`: ``"product"`` (the spec's
+        ``p(c) propto prod_{i != c} Phi((E z_c - E z_i)/sqrt(v + Var z_c + Var z_i))``) or ``"max"`` (the
+        probability that class ``c`` has the largest noisy score).
 
     Returns
     -------
     Regression: ``(mean, var)`` each ``(n, K)``, ``var = Var[z_L] + v``.
-    Classification: ``probs (n, K)``, ``p(c) propto prod_{i != c} Phi((E z_c - E z_i)/sqrt(v + Var z_c +
-    Var z_i))`` normalized over c.
+    Classification: ``probs (n, K)``.
     """
     P, VP = forward_moments(state, x, plug_in)
     if task is None:
         task = "regression" if P.shape[1] == 1 else "classification"
     if task == "regression":
         return P, VP + state.v
-    K = P.shape[1]
-    n = P.shape[0]
-    logits = jnp.stack([module_a.probit_log_lik(P, VP, jnp.full((n,), c, jnp.int32), state.v)
-                        for c in range(K)], axis=1)
-    return jax.nn.softmax(logits, axis=1)
+    return class_probs(P, VP, state.v, class_rule)
 
 
 @functools.partial(jax.jit, static_argnames=("hparams",))
