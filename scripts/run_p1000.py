@@ -31,13 +31,27 @@ for SGLD-SA and for the oracle, and whether SGLD-SA is within 0.3 of the oracle 
 SA latents lock a true coefficient out of the model, e.g. β2 on data seed 5: with AR(0.6) features a
 neighbour absorbs its effect, and the learned κ0 keeps it at zero).
 
+CPU cost (issue 17). Each iteration is ~110 small XLA kernels over 9 x 1000 numbers, so the run is bound by
+per-kernel overhead, not arithmetic. Run as a script, it therefore (1) keeps XLA's CPU runtime on one core
+(``--cpus 1``: XLA sizes its thread pool from the process's CPU affinity; with a pool of two, worker threads
+spin waiting for these tiny kernels and cost CPU time without saving wall time) and (2) turns off XLA's YNNPACK
+dot and reduce fusions (``--xla-flags``), which handle the (..., 1000, 1) kernels of this linear model one row at
+a time (turning them off halves an iteration's CPU time). Neither changes the algorithm or the random streams;
+results move only by float rounding (dot and reduction order). The full batch (``--batch 100``) is not
+re-shuffled every iteration (the gradient sums over all rows either way). ``docs/speed.md`` has the profile and
+the timings (``--draws 3``: 942 -> 358 CPU-s).
+
 Usage: python scripts/run_p1000.py [--draws 8] [--seed 0] [--steps 500000] [--n-test 50] [--dtype float64]
+                                   [--cpus 1] [--xla-flags FLAGS]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -51,6 +65,36 @@ from emtdamp.methods.sgmcmc_methods import SGMCMCHParams
 
 REFERENCE = {"sgld_sa": (1.71, 4.08), "sgld_em": (2.20, 7.21), "sgld": (12.14, 219.15)}
 METHODS = ("sgld_sa", "sgld_em", "sgld")
+FAST_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-dot,-reduce --xla_cpu_multi_thread_eigen=false"
+"""XLA CPU flags the script sets (module docstring, "CPU cost"); XLA aborts on a flag it does not know, so they are
+probed in a subprocess first and dropped if this jaxlib rejects them."""
+
+
+def configure_cpu_runtime(cpus: int, xla_flags: str) -> str:
+    """Before JAX starts its backend: restrict the process to ``cpus`` CPUs (0 = leave the affinity alone) and
+    append ``xla_flags`` to ``XLA_FLAGS`` if this jaxlib accepts them. Returns a one-line note of what was set.
+
+    Only the ``__main__`` block calls this (a process importing the script, e.g. the slow test, keeps its runtime).
+    """
+    notes = []
+    if cpus > 0 and hasattr(os, "sched_setaffinity"):
+        avail = sorted(os.sched_getaffinity(0))
+        if len(avail) > cpus:
+            os.sched_setaffinity(0, avail[-cpus:])
+            notes.append(f"CPU affinity {avail[-cpus:]} of {avail}")
+    if xla_flags.strip():
+        env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + xla_flags).strip()}
+        try:
+            ok = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True,
+                                timeout=300).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            os.environ["XLA_FLAGS"] = env["XLA_FLAGS"]
+            notes.append(f"XLA_FLAGS={env['XLA_FLAGS']!r}")
+        else:
+            notes.append(f"this jaxlib rejects {xla_flags!r}; running without it")
+    return "; ".join(notes) if notes else "CPU runtime unchanged"
 
 
 def oracle_fit(ds) -> np.ndarray:
@@ -60,7 +104,8 @@ def oracle_fit(ds) -> np.ndarray:
     return np.linalg.lstsq(np.c_[ds.x_train[:, :k], np.ones(len(y))], y, rcond=None)[0][:k]
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main`."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=500_000)
     ap.add_argument("--burn-in", type=int, default=None, help="default: 20%% of --steps")
@@ -75,6 +120,16 @@ def main(argv=None):
     ap.add_argument("--omega-cap", type=float, default=1.0, help="ω cap (R demo: A=1000, cap=0.1)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="array dtype of the whole run (float64 enables jax_enable_x64)")
+    ap.add_argument("--cpus", type=int, default=1,
+                    help="run as a script: restrict the process to this many CPUs (0 = all; see 'CPU cost')")
+    ap.add_argument("--xla-flags", default=FAST_XLA_FLAGS,
+                    help="run as a script: XLA flags appended to XLA_FLAGS (give them as --xla-flags='...'; '' = none; "
+                         "see 'CPU cost')")
+    return ap
+
+
+def main(argv=None):
+    ap = parser()
     args = ap.parse_args(argv)
     if args.draws < 1:
         ap.error("--draws must be >= 1")
@@ -101,7 +156,9 @@ def main(argv=None):
                            v0=args.v0, v1=10.0, beta_a=1.0, beta_b=-1.0, nu=1.0, lam=1.0 / s_y ** 2,
                            sigma_init=1.0 / s_y, rho_init=0.5, kappa0_init=1.0, kappa1_init=1.0, delta_init=0.5,
                            omega_a=args.omega_a, omega_z=100.0, omega_alpha=0.7, omega_cap=args.omega_cap,
-                           weight_decay=1e-4, burn_in=burn, thin=args.thin, n_samples=4000)
+                           weight_decay=1e-4, burn_in=burn, thin=args.thin, n_samples=1)
+        # n_samples=1: the script reads the posterior means from the running sums over ALL kept samples
+        # (sg.posterior_mean); the ring buffer of the latest samples is not used, so one slot suffices
         key = jax.random.fold_in(jax.random.key(args.chain_seed), d)
         hps = {m: hp for m in METHODS}
         if has_noise:
@@ -126,10 +183,15 @@ def main(argv=None):
         st, _ = step(st, b)
         return (st, jnp.minimum(lo, jnp.min(st.latents.log_delta, axis=-1))), None
 
+    full_batch = nb == 1 and args.batch == n
+
     def epoch(carry, k):
-        perm = jax.random.permutation(k, n)[: nb * args.batch].reshape(nb, args.batch)
-        batches = Batch(jnp.moveaxis(x[:, perm], 0, 1), jnp.moveaxis(y[:, perm], 0, 1),
-                        jnp.ones((nb, len(dss), args.batch), x.dtype))
+        if full_batch:   # no shuffle: the gradient sums over every row (a shuffle would only reorder the sum)
+            batches = Batch(x[None], y[None], jnp.ones((1, len(dss), n), x.dtype))
+        else:
+            perm = jax.random.permutation(k, n)[: nb * args.batch].reshape(nb, args.batch)
+            batches = Batch(jnp.moveaxis(x[:, perm], 0, 1), jnp.moveaxis(y[:, perm], 0, 1),
+                            jnp.ones((nb, len(dss), args.batch), x.dtype))
         carry, _ = jax.lax.scan(step_min, carry, batches)
         return carry, None
 
@@ -213,4 +275,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    _args = parser().parse_args()
+    print(configure_cpu_runtime(_args.cpus, _args.xla_flags), flush=True)
     main()
