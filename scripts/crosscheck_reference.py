@@ -17,14 +17,11 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from emtdamp import tdamp  # noqa: E402
-from emtdamp.tdamp import em  # noqa: E402
+from emtdamp import tdamp
+from emtdamp.tdamp import em
 
 LLR_RAW = "llr = lnorm(Q, m0, s0 + VQ) - lnorm(Q, 0.0, VQ)"
 LLR_STABLE = ("llr = -0.5 * np.log1p(s0 / VQ) - 0.5 * (m0 * (m0 - 2 * Q) / (s0 + VQ) "
@@ -126,7 +123,10 @@ def _step(s, x, y, hp):
 
 
 def main(argv=None):
+    """Run the cross-check in float64 (``jax_enable_x64`` is turned on for this process here, not at import:
+    tests import this module and run their checks under their own ``x64`` fixture)."""
     global ref_predict
+    jax.config.update("jax_enable_x64", True)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "spec"))
     ap.add_argument("--boston-epochs", type=int, default=3)
