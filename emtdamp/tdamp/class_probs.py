@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emtdamp.tdamp import module_a
 from emtdamp.tdamp.gaussian import log_ndtr
 
 CLASS_RULES = ("product", "max")
@@ -35,7 +36,8 @@ NODES = 48  # Gauss-Hermite points: within 1e-5 of 128 points (tests/test_tdamp_
 
 
 def product_rule(P: jax.Array, VP: jax.Array, v: jax.Array) -> jax.Array:
-    """The spec's normalised product of pairwise probits.
+    """The spec's normalised product of pairwise probits: the softmax over ``c`` of the label-``c`` log-score
+    :func:`emtdamp.tdamp.module_a.probit_log_lik` (the same function the E-step's loss uses).
 
     Parameters
     ----------
@@ -45,10 +47,8 @@ def product_rule(P: jax.Array, VP: jax.Array, v: jax.Array) -> jax.Array:
     -------
     ``(n, K)`` probabilities (rows sum to 1).
     """
-    d = P[:, :, None] - P[:, None, :]                      # (n, c, i)
-    s = v + VP[:, :, None] + VP[:, None, :]
-    off = 1.0 - jnp.eye(P.shape[1], dtype=P.dtype)
-    logits = jnp.sum(log_ndtr(d / jnp.sqrt(s)) * off, axis=2)
+    n, K = P.shape
+    logits = jnp.stack([module_a.probit_log_lik(P, VP, jnp.full((n,), c, jnp.int32), v) for c in range(K)], axis=1)
     return jax.nn.softmax(logits, axis=1)
 
 
