@@ -18,7 +18,7 @@ from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
 from emtdamp.tdamp.class_probs import CLASS_RULES
-from emtdamp.tdamp.state import EVIDENCE_MODES, RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
+from emtdamp.tdamp.state import EVIDENCE_MODES, INIT_MEANS, RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,10 @@ class EmtdampHParams:
     sigma0_sq: float = hparam(0.0, range=(0.0, 100.0), doc="initial slab variance (0 = gamma / fan-in)")
     gamma: float = hparam(0.1, range=(1e-6, 100.0), doc="slab variance gamma / fan-in when sigma0_sq = 0")
     sigmab0_sq: float = hparam(1.0, range=(1e-6, 100.0), doc="initial bias prior variance")
+    init_means: str = hparam("lecun", choices=INIT_MEANS,
+                             doc="initial weight/bias means = prior means (the anchor): 'lecun' (spec: N(0, 1/fan-in) "
+                                 "kernels, zero biases) or 'prior' (a draw from the initial prior N(0, slab var), "
+                                 "N(0, sigmab0_sq): anchored-ensemble fits that differ where there is no data)")
     prune: str = hparam("none", choices=prune.PRUNE_MODES, doc="pruning: none, free (pi > 0.5), target kappa")
     target_density: float = hparam(1.0, range=(0.0, 1.0), doc="kept-group share kappa (prune=target)")
     warm: int = hparam(10, range=(0, 100000), doc="unpruned warm-up epochs before pruning starts")
@@ -60,6 +64,7 @@ def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
     return TdampHParams(task=task, n_iter=hp.n_iter, beta=hp.beta, rho_mode=hp.rho_mode, v_update=hp.v_update,
                         v_passes=hp.v_passes, v_ema=hp.v_ema, v_schedule=hp.v_schedule, lambda_f=hp.lambda_f,
                         evidence=hp.evidence, sigma0_sq=hp.sigma0_sq, gamma=hp.gamma, sigmab0_sq=hp.sigmab0_sq,
+                        init_means=hp.init_means,
                         rho0=hp.rho0, rho_clip=hp.rho_clip, v0=hp.v0, dtype=dtype)
 
 

@@ -24,6 +24,7 @@ RHO_MODES = ("group", "layer", "fixed")
 V_UPDATES = ("closed_form", "numerical", "fixed")
 V_SCHEDULES = ("minibatch", "epoch")
 EVIDENCE_MODES = ("repeat", "once")
+INIT_MEANS = ("lecun", "prior")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,13 @@ class TdampHParams:
     sigma0_sq: initial slab variance; ``0.0`` means ``gamma / N_in`` per layer.
     gamma: see ``sigma0_sq``.
     sigmab0_sq: initial bias prior variance.
+    init_means: the initial weight and bias means, which are also the prior means ``mu0``, ``b0`` (the
+        fit's anchor): ``"lecun"`` (spec section 2.5: kernels ``N(0, 1/N_in)``, biases 0) or ``"prior"``, a
+        draw from the initial prior itself (kernels ``N(0, s0)`` with ``s0`` the initial slab variance,
+        biases ``N(0, sigmab0_sq)``). With zero biases every first-layer ReLU kink starts at the origin of
+        the (standardised) inputs; with ``"prior"`` the kinks are spread, and independently initialised fits
+        (``train.chains``) are anchored ensembles (each anchored at its own draw from the prior it is
+        regularised towards; Pearce et al. 2020), which differ where there is no data.
     rho0: initial support probability of every group.
     rho_clip: epsilon of the rho M-step clip ``[eps, 1 - eps]``. Default 1e-5, not the spec's 1e-3:
         with 1e-3 the group-mode log-odds are capped at 6.9, and the per-minibatch evidence of a weak
@@ -83,6 +91,7 @@ class TdampHParams:
     sigma0_sq: float = 0.0
     gamma: float = 0.1
     sigmab0_sq: float = 1.0
+    init_means: str = "lecun"
     rho0: float = 0.99
     rho_clip: float = 1e-5
     v0: float = 1.0
@@ -93,7 +102,8 @@ class TdampHParams:
         for name, val, allowed in (("task", self.task, TASKS), ("rho_mode", self.rho_mode, RHO_MODES),
                                    ("v_update", self.v_update, V_UPDATES),
                                    ("v_schedule", self.v_schedule, V_SCHEDULES),
-                                   ("evidence", self.evidence, EVIDENCE_MODES)):
+                                   ("evidence", self.evidence, EVIDENCE_MODES),
+                                   ("init_means", self.init_means, INIT_MEANS)):
             if val not in allowed:
                 raise ValueError(f"TdampHParams.{name}={val!r}; choose one of {allowed}")
         if self.n_iter < 1:
@@ -175,17 +185,26 @@ def init(key: jax.Array, layer_sizes: Sequence[int], hparams: TdampHParams,
 
     Parameters
     ----------
-    key: PRNG key for the random weight means (ignored when ``params`` is given).
+    key: PRNG key for the random weight means (ignored when ``params`` is given); with
+        ``hparams.init_means == "prior"`` the kernels are the same standard-normal draws rescaled to the
+        prior's sd, and the biases come from a separate stream (``fold_in(key, 1)``).
     layer_sizes: ``(N_0, ..., N_L)``.
     hparams: static settings (``dtype``, ``sigma0_sq``/``gamma``, ``sigmab0_sq``, ``rho0``, ``v0``).
     params: optional initial weight means in :mod:`emtdamp.models.mlp` layout (``kernel (N_in, N_out)``,
-        ``bias (N_out,)``); default He/LeCun normal ``N(0, 1/N_in)`` and zero biases. The slab prior
-        mean ``mu0`` is set to the same draw (spec 2.5: breaks the hidden-unit symmetry).
+        ``bias (N_out,)``); default He/LeCun normal ``N(0, 1/N_in)`` and zero biases (``init_means="prior"``:
+        see :class:`TdampHParams`). The slab prior mean ``mu0`` is set to the same draw (spec 2.5: breaks
+        the hidden-unit symmetry), the bias prior mean ``b0`` to the biases.
     """
     dtype = jnp.dtype(hparams.dtype)
     sizes = tuple(int(n) for n in layer_sizes)
     if params is None:
         params = mlp.init_mlp(key, sizes, dtype)
+        if hparams.init_means == "prior":
+            bkeys = jax.random.split(jax.random.fold_in(key, 1), len(params))
+            sdb = jnp.sqrt(jnp.asarray(hparams.sigmab0_sq, dtype))
+            params = [{"kernel": p["kernel"] * jnp.sqrt(jnp.asarray(n_in * initial_slab_var(hparams, n_in), dtype)),
+                       "bias": sdb * jax.random.normal(k, p["bias"].shape, dtype)}
+                      for k, p, n_in in zip(bkeys, params, sizes[:-1], strict=True)]
     layers = []
     for n_in, n_out, p in zip(sizes[:-1], sizes[1:], params, strict=True):
         W = jnp.asarray(p["kernel"], dtype)
