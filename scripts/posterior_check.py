@@ -80,20 +80,30 @@ BOSTON_CONFIGS = {
 
 # The gap problem: adam has its own config; the others run their Boston config with the data swapped, the
 # batch size scaled (full batch stays full batch) and, on top, GAP_OVERRIDES (override strings; may use
-# "{n_train}" / "{inv_n_train}" of the gap data and "{sgmcmc_lr}", below).
+# "{n_train}" / "{inv_n_train}" of the gap data and "{sgmcmc_lr}" / "{em_mcmc_c2}", below).
 # SG-MCMC: the Boston config's step size is set by the step in units of the likelihood curvature,
 # ε·N/s² ≈ 0.02 (configs/sghmc_sa_boston.yaml); the gap run keeps that number, with the gap data's own N and
 # noise variance s² (standardised: the generator's noise sd over the training targets' sd), "{sgmcmc_lr}".
 # At Boston's 2e-6 the gap chains (s² 13x smaller, N 4x smaller) ran at ε·N/s² ≈ 0.07: hot, predictive sd
 # on the training inputs 1.6x NUTS's.
+# EM-MCMC likewise: its step per coordinate is τ C²/N on the energy N·lbar, whose curvature is ~N/v, so the step
+# in curvature units is τ C²/v. The Boston config's C² = 3e-3 at the noise variance it learns there (v ≈ 0.045
+# standardised, 0.039-0.056 over the chains of splits 0-2) is C²/v ≈ 0.067; the gap run keeps that number with
+# the gap's s², "{em_mcmc_c2}" (≈ 2.4e-4). At Boston's C² the gap chains ran 14x hotter: the v M-step then settled
+# at 9x the generator's noise variance (predictive sd on the training inputs 3x NUTS's) and one chain diverged.
+# At the 14x smaller step the chains need more than Boston's 8,000 iterations to leave their start (split 1: the
+# training loss falls until ≈12,000 iterations and is flat from there; at 8,000 it is still 10x its final
+# value), so the budget is 32,000 full-batch iterations, the second half kept every 32 (500 samples per chain,
+# as on Boston; noise-variance R-hat across the 4 chains 1.15).
 SGMCMC_STEP_CURVATURE = 0.02
+EM_MCMC_STEP_CURVATURE = 3e-3 / 0.045
 GAP_OVERRIDES: dict[str, list[str]] = {
     "nuts": [],
     "adam": [],
     "emtdamp": [],
     "sghmc": ["method.learning_rate={sgmcmc_lr}"],
     "sghmc_sa": ["method.learning_rate={sgmcmc_lr}"],
-    "em_mcmc": [],
+    "em_mcmc": ["method.c2_peak={em_mcmc_c2}", "train.epochs=32000", "method.burn_in=16000", "method.thin=32"],
 }
 # Prior hyperparameters the Boston configs tie to the training-set size: set to 1 / N_train there, they make
 # the per-weight prior N(0, 1) like NUTS's (sghmc*: ½·N·wd·b²; em_mcmc: N(0, 1/(N eps))). When a Boston
@@ -184,7 +194,8 @@ def method_config(problem: str, method: str, data_seed: int, run_dir: Path, quic
                 over.append(f"method.{key}={1.0 / n_gap}")
         s2_gap = (float(gap_cfg.data.options["noise"]) / float(gap_data.y_std[0])) ** 2
         lr = SGMCMC_STEP_CURVATURE * s2_gap / n_gap
-        over += [o.format(n_train=n_gap, inv_n_train=1.0 / n_gap, sgmcmc_lr=f"{lr:.3e}")
+        over += [o.format(n_train=n_gap, inv_n_train=1.0 / n_gap, sgmcmc_lr=f"{lr:.3e}",
+                          em_mcmc_c2=f"{EM_MCMC_STEP_CURVATURE * s2_gap:.3e}")
                  for o in prob["extra"].get(method, [])]
     cfg = load_config(path, over)
     return quick_config(cfg, path, over, problem, method) if quick else cfg
