@@ -94,13 +94,14 @@ def _run(step, init_state, keys, n_steps, burn):
     return np.asarray(jax.jit(jax.vmap(chain, in_axes=(None, 0)))(init_state, keys))
 
 
-def test_sgld_matches_exact_posterior(x64):
+@pytest.mark.parametrize("noise_dist", ["three_point", "gaussian"])
+def test_sgld_matches_exact_posterior(x64, noise_dist):
     x, y, h, mu, cov, nv, al = _problem()
     lam_max = np.linalg.eigvalsh(h).max()
     eps = 0.02 / lam_max
     grad_fn = _grad_fn(x, y, nv, al)
     batch = _B(jnp.asarray(x), jnp.asarray(y), jnp.ones(len(y)))
-    algo = sgmcmc.sgld(grad_fn)
+    algo = sgmcmc.sgld(grad_fn, noise_dist=noise_dist)
     state = algo.init(jnp.zeros(3), sgmcmc.polynomial_schedule(eps))
     chains, n_steps, burn = 32, 60_000, 5_000
     path = _run(lambda k, s: algo.step(k, s, batch), state, jax.random.split(jax.random.key(1), chains),
@@ -119,14 +120,15 @@ def test_sgld_matches_exact_posterior(x64):
     assert np.all(np.abs(bias) + Z * sd_var < 0.1 * np.diag(cov))
 
 
-def test_sghmc_matches_exact_posterior(x64):
+@pytest.mark.parametrize("noise_dist", ["three_point", "gaussian"])
+def test_sghmc_matches_exact_posterior(x64, noise_dist):
     x, y, h, mu, cov, nv, al = _problem()
     lam_max = np.linalg.eigvalsh(h).max()
     m = 0.9
     eps = 4e-3 / lam_max
     grad_fn = _grad_fn(x, y, nv, al)
     batch = _B(jnp.asarray(x), jnp.asarray(y), jnp.ones(len(y)))
-    algo = sgmcmc.sghmc(grad_fn)
+    algo = sgmcmc.sghmc(grad_fn, noise_dist=noise_dist)
     state = algo.init(jnp.zeros(3), sgmcmc.polynomial_schedule(eps), momentum_decay=m)
     chains, n_steps, burn = 32, 60_000, 5_000
     path = _run(lambda k, s: algo.step(k, s, batch), state, jax.random.split(jax.random.key(2), chains),

@@ -39,7 +39,7 @@ import optax
 from emtdamp.em_mcmc import em
 from emtdamp.em_mcmc.groups import GroupSpec, apply_keep, init_keep, init_slab, weight_mask
 from emtdamp.em_mcmc.schedule import cyclical_lr, em_gate
-from emtdamp.sgmcmc.kernels import normal
+from emtdamp.sgmcmc.kernels import DEFAULT_NOISE, check_noise_dist, noise
 
 PyTree = Any
 
@@ -93,14 +93,15 @@ class EMMCMCState(NamedTuple):
     xi: PyTree = None
 
 
-def noise_tree(key: jax.Array, count: jax.Array, params: PyTree) -> PyTree:
-    """The ``N(0, I)`` draw ``xi_t`` of step ``count`` (same structure / dtypes as ``params``), from the samplers'
-    generator :func:`emtdamp.sgmcmc.kernels.normal` (XLA's Threefry; ≈ 3× cheaper per draw on CPU than
-    ``jax.random.normal``)."""
+def noise_tree(key: jax.Array, count: jax.Array, params: PyTree, dist: str = DEFAULT_NOISE) -> PyTree:
+    """The noise draw ``xi_t`` of step ``count`` (mean 0, variance 1 per weight; same structure / dtypes as
+    ``params``) from the samplers' generator :func:`emtdamp.sgmcmc.kernels.noise`: ``dist = "three_point"``
+    (default; ``±√3`` w.p. 1/6 each, 0 w.p. 2/3, moments to order 5 = the normal's) or ``"gaussian"``
+    (``N(0, I)``)."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.fold_in(key, count), len(leaves))
     return jax.tree_util.tree_unflatten(
-        treedef, [normal(k, w.shape, w.dtype) for k, w in zip(keys, leaves, strict=True)])
+        treedef, [noise(k, w.shape, w.dtype, dist) for k, w in zip(keys, leaves, strict=True)])
 
 
 def step_size(state: EMMCMCState) -> jax.Array:
@@ -160,7 +161,7 @@ def em_and_prune(params: PyTree, spec: GroupSpec, state: EMMCMCState) -> EMMCMCS
 
 
 def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, store_noise: bool = False,
-            **hyper_kwargs) -> optax.GradientTransformation:
+            noise_dist: str = DEFAULT_NOISE, **hyper_kwargs) -> optax.GradientTransformation:
     """EM-MCMC optimiser (adaptive mean-field VI = preconditioned SGHMC with a spike-and-slab group
     prior and one-shot pruning).
 
@@ -185,6 +186,9 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
         Keep the previous step's noise ``xi`` in the state (one more params-sized buffer, one normal
         draw per step) instead of regenerating it from the key (two draws per step; on CPU the draws
         dominate the step cost of an MLP). Both give identical trajectories.
+    noise_dist:
+        The injected noise ``xi`` (:func:`noise_tree`): ``"three_point"`` (default) or ``"gaussian"``. The
+        initial momentum ``0.001 xi_0`` is drawn from the same distribution.
 
     Notes
     -----
@@ -195,24 +199,27 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
     and a soft E-step is available.
     """
 
+    check_noise_dist(noise_dist)
+
     def init(params: PyTree) -> EMMCMCState:
         spec.check(params)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         dtype = leaves[0].dtype
         h = hyper if hyper is not None else make_hyper(dtype, **hyper_kwargs)
         k_m, k_run = jax.random.split(key)
-        mom = noise_tree(k_m, jnp.asarray(0, jnp.int32), params)
+        mom = noise_tree(k_m, jnp.asarray(0, jnp.int32), params, noise_dist)
         mom = jax.tree_util.tree_map(lambda z: 0.001 * z, mom)
         rho = jax.tree_util.tree_map(jnp.zeros_like, params)
         return EMMCMCState(count=jnp.asarray(0, jnp.int32), key=k_run, momentum=mom, rho=rho,
                            slab=init_slab(params, spec), keep=init_keep(params, spec),
                            logit_theta=jnp.asarray(0.0, dtype), target_done=jnp.asarray(False), hyper=h,
-                           xi=noise_tree(k_run, jnp.asarray(0, jnp.int32), params) if store_noise else None)
+                           xi=noise_tree(k_run, jnp.asarray(0, jnp.int32), params, noise_dist) if store_noise
+                           else None)
 
     def update(grads: PyTree, state: EMMCMCState, params: PyTree | None = None):
         if params is None:
             raise ValueError("em_mcmc.update needs params")
-        new_params, new_state = em_mcmc_step(spec, grads, state, params)
+        new_params, new_state = em_mcmc_step(spec, grads, state, params, noise_dist)
         updates = jax.tree_util.tree_map(lambda a, b: a - b, new_params, params)
         return updates, new_state
 
@@ -224,11 +231,12 @@ def masked_params(params: PyTree, state: EMMCMCState) -> PyTree:
     return apply_keep(params, state.keep)
 
 
-def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState,
-                 params: PyTree) -> tuple[PyTree, EMMCMCState]:
+def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState, params: PyTree,
+                 noise_dist: str = DEFAULT_NOISE) -> tuple[PyTree, EMMCMCState]:
     """One EM-MCMC step returning the new params directly (see the module docstring for the rule).
 
-    ``grads``: gradient of the minibatch *mean* loss at ``params`` (no prior term).
+    ``grads``: gradient of the minibatch *mean* loss at ``params`` (no prior term); ``noise_dist``: the
+    distribution of ``xi`` (:func:`noise_tree`; the one :func:`em_mcmc` was built with).
     """
     h = state.hyper
     is_em = h.em_enabled & em_gate(state.count, h.steps_per_epoch, h.warm_up)
@@ -246,8 +254,8 @@ def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState,
     w_l, treedef = jax.tree_util.tree_flatten(params)
     g_l = treedef.flatten_up_to(grads)
     xi_prev = jax.tree_util.tree_leaves(
-        noise_tree(state.key, state.count, params) if state.xi is None else state.xi)
-    xi_new = jax.tree_util.tree_leaves(noise_tree(state.key, state.count + 1, params))
+        noise_tree(state.key, state.count, params, noise_dist) if state.xi is None else state.xi)
+    xi_new = jax.tree_util.tree_leaves(noise_tree(state.key, state.count + 1, params, noise_dist))
     m_l = treedef.flatten_up_to(state.momentum)
     r_l = treedef.flatten_up_to(state.rho)
     noise_scale = jnp.sqrt(2.0 + 2.0 * h.beta1 ** 2) * c15 * t
