@@ -204,6 +204,17 @@ def test_noise_dispatch_and_validation():
                                   np.asarray(three_point(k, (9,))))
     with pytest.raises(ValueError, match="noise_dist"):
         noise(k, (9,), jnp.float32, "uniform")
+    # trees: three-point leaf i is stream i of the one key; gaussian leaf i uses the i-th split key
+    tree = {"a": jnp.zeros((3, 4)), "b": jnp.zeros((5,), jnp.bfloat16)}
+    got = noise_like(k, tree, "three_point")
+    np.testing.assert_array_equal(np.asarray(got["a"]), np.asarray(three_point(k, (3, 4))))
+    np.testing.assert_array_equal(np.asarray(got["b"]), np.asarray(three_point(k, (5,), jnp.bfloat16, stream=1)))
+    got = noise_like(k, tree, "gaussian")
+    ks = jax.random.split(k, 2)
+    np.testing.assert_array_equal(np.asarray(got["a"]), np.asarray(normal(ks[0], (3, 4))))
+    np.testing.assert_array_equal(np.asarray(got["b"]), np.asarray(normal(ks[1], (5,), jnp.bfloat16)))
+    with pytest.raises(ValueError, match="noise_dist"):
+        noise_like(k, tree, "uniform")
 
 
 # --------------------------------------------------------------------------------------------------

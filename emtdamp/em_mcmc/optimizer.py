@@ -39,7 +39,7 @@ import optax
 from emtdamp.em_mcmc import em
 from emtdamp.em_mcmc.groups import GroupSpec, apply_keep, init_keep, init_slab, weight_mask
 from emtdamp.em_mcmc.schedule import cyclical_lr, em_gate
-from emtdamp.sgmcmc.kernels import DEFAULT_NOISE, check_noise_dist, noise
+from emtdamp.sgmcmc.kernels import DEFAULT_NOISE, check_noise_dist, noise_like
 
 PyTree = Any
 
@@ -95,13 +95,10 @@ class EMMCMCState(NamedTuple):
 
 def noise_tree(key: jax.Array, count: jax.Array, params: PyTree, dist: str = DEFAULT_NOISE) -> PyTree:
     """The noise draw ``xi_t`` of step ``count`` (mean 0, variance 1 per weight; same structure / dtypes as
-    ``params``) from the samplers' generator :func:`emtdamp.sgmcmc.kernels.noise`: ``dist = "three_point"``
+    ``params``): :func:`emtdamp.sgmcmc.kernels.noise_like` of ``fold_in(key, count)``, ``dist = "three_point"``
     (default; ``±√3`` w.p. 1/6 each, 0 w.p. 2/3, moments to order 5 = the normal's) or ``"gaussian"``
     (``N(0, I)``)."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.fold_in(key, count), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef, [noise(k, w.shape, w.dtype, dist) for k, w in zip(keys, leaves, strict=True)])
+    return noise_like(jax.random.fold_in(key, count), params, dist)
 
 
 def step_size(state: EMMCMCState) -> jax.Array:

@@ -217,7 +217,7 @@ def flat_index(shape: tuple[int, ...]) -> jax.Array:
     return idx
 
 
-def three_point(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+def three_point(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32, stream: int = 0) -> jax.Array:
     """Three-point noise ``(shape)``: ``ξ ∈ {−a, 0, +a}`` with probabilities ``p, 1 − 2p, p``, ``p ≈ 1/6``.
 
     The simplified weak noise of Kloeden & Platen (1992, *Numerical Solution of Stochastic Differential
@@ -228,21 +228,25 @@ def three_point(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> ja
     number of steps averaged (docs/speed.md).
 
     Generation: one 32-bit Threefry-2x32 word per element (:func:`threefry2x32` keyed by two words of
-    ``jax.random.bits(key)``, counter = the element's flat index), compared with two thresholds, no
+    ``jax.random.bits(key)``, counter ``(flat index, stream)``), compared with two thresholds: no
     transcendental function, fused into the sampler's update. Exactly: ``p = T / 2^32`` with ``T =
     ceil(2^32 / 6)`` (:data:`THREE_POINT_P`, 1/6 + 1.6e-10) and ``a = 1 / √(2p)`` (:data:`THREE_POINT_A`),
-    so the variance is exactly 1 and ``E ξ⁴ = 1 / (2p) = 3 − 2.9e-9``.
+    so the variance is exactly 1 and ``E ξ⁴ = 1 / (2p) = 3 − 2.9e-9``. ``stream`` (``0 .. 2^32 − 1``) selects
+    one of the key's independent arrays (:func:`noise_like` gives leaf ``i`` the stream ``i``).
 
     A vmapped call (chains, vmapped seeds) gives every row exactly its unbatched numbers (the computation
     is elementwise in the key words). ``key``: any JAX PRNG key (raw ``uint32`` key data or typed).
     """
+    return _three_point_from_words(jax.random.bits(key, (2,), jnp.uint32), shape, dtype, stream)
+
+
+def _three_point_from_words(kw: jax.Array, shape: tuple[int, ...], dtype, stream: int) -> jax.Array:
+    """:func:`three_point` from the ``(2,)`` ``uint32`` Threefry key words ``kw``."""
     dtype = jnp.dtype(dtype)
-    kw = jax.random.bits(key, (2,), jnp.uint32)
-    bits, _ = threefry2x32(kw[0], kw[1], flat_index(shape), np.uint32(0))
+    bits, _ = threefry2x32(kw[0], kw[1], flat_index(shape), np.uint32(stream))
     a = np.array(THREE_POINT_A, dtype)
-    t = np.uint32(_THREE_POINT_T)
-    return jnp.where(bits < t, -a, jnp.where(bits >= np.uint32(2 ** 32 - _THREE_POINT_T), a,
-                                             np.array(0, dtype)))
+    return jnp.where(bits < np.uint32(_THREE_POINT_T), -a,
+                     jnp.where(bits >= np.uint32(2 ** 32 - _THREE_POINT_T), a, np.array(0, dtype)))
 
 
 def noise(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32, dist: str = DEFAULT_NOISE) -> jax.Array:
@@ -259,11 +263,22 @@ def check_noise_dist(dist: str) -> None:
 
 
 def noise_like(key: jax.Array, tree: PyTree, dist: str = DEFAULT_NOISE) -> PyTree:
-    """:func:`noise` draws shaped and typed like every leaf of ``tree`` (one split key per leaf)."""
+    """:func:`noise` draws shaped and typed like every leaf of ``tree``.
+
+    ``"gaussian"``: one split key per leaf (:func:`normal` of ``jax.random.split(key, n_leaves)[i]``).
+    ``"three_point"``: one ``jax.random.bits`` call for the whole tree, leaf ``i`` is stream ``i`` of
+    :func:`three_point` (a one-leaf tree gets ``three_point(key, shape)``): per step one tiny key-derivation
+    kernel instead of one per leaf.
+    """
+    check_noise_dist(dist)
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef, [noise(k, x.shape, x.dtype, dist) for k, x in zip(keys, leaves, strict=True)])
+    if dist == "three_point":
+        kw = jax.random.bits(key, (2,), jnp.uint32)
+        out = [_three_point_from_words(kw, x.shape, x.dtype, i) for i, x in enumerate(leaves)]
+    else:
+        keys = jax.random.split(key, len(leaves))
+        out = [normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def sgld_update(key: jax.Array, position: PyTree, grad: PyTree, step_size: jax.Array,
