@@ -252,16 +252,27 @@ def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState, params: PyT
     g_l = treedef.flatten_up_to(grads)
     xi_prev = jax.tree_util.tree_leaves(
         noise_tree(state.key, state.count, params, noise_dist) if state.xi is None else state.xi)
-    xi_new = jax.tree_util.tree_leaves(noise_tree(state.key, state.count + 1, params, noise_dist))
     m_l = treedef.flatten_up_to(state.momentum)
     r_l = treedef.flatten_up_to(state.rho)
     noise_scale = jnp.sqrt(2.0 + 2.0 * h.beta1 ** 2) * c15 * t
     adapt = (h.rho_adapt_steps < 0) | (state.count < h.rho_adapt_steps)
-    new_w, new_m, new_r = [], [], []
-    for w, g, xp, xn, m, r, e, k in zip(w_l, g_l, xi_prev, xi_new, m_l, r_l, eps, state.keep, strict=True):
+    new_r = []
+    for g, xp, r, e in zip(g_l, xi_prev, r_l, eps, strict=True):
         tau = jax.nn.sigmoid(r)
         r_new = r - h.eta * (t ** 2 * c ** 3 * e * tau + t * c15 * xp * g - 1.0 / (tau * h.n_data))
-        r = jnp.where(adapt, r_new, r)
+        new_r.append(jnp.where(adapt, r_new, r).astype(r.dtype))
+    count_new = state.count + 1
+    if state.xi is not None:
+        # the stored noise is last read by the rho update above. Making the new draw depend on that update's
+        # result (count + 0, the 0 = isnan(x) & isinf(x) of one updated element of every leaf, false for every x,
+        # which XLA does not fold) orders the two, so XLA writes xi_new over xi_prev in place instead of copying
+        # both buffers every step
+        for r in new_r:
+            first = r.reshape(-1)[0]
+            count_new = count_new + (jnp.isnan(first) & jnp.isinf(first)).astype(count_new.dtype)
+    xi_new = jax.tree_util.tree_leaves(noise_tree(state.key, count_new, params, noise_dist))
+    new_w, new_m = [], []
+    for w, g, xn, m, r, e, k in zip(w_l, g_l, xi_new, m_l, new_r, eps, state.keep, strict=True):
         tau = jax.nn.sigmoid(r)
         # temperature-1 SGHMC with velocity v = tau m: v <- beta1 v - (tau lr beta2 / N) grad U + tau sd xi
         # needs (tau sd)^2 = 2 (1 - beta1) (tau lr beta2 / N)
@@ -273,7 +284,6 @@ def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState, params: PyT
             wn = wn * weight_mask(k, w)
         new_w.append(wn.astype(w.dtype))
         new_m.append(m.astype(w.dtype))
-        new_r.append(r.astype(w.dtype))
     unf = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)
     new_state = state._replace(count=state.count + 1, momentum=unf(new_m), rho=unf(new_r),
                                xi=None if state.xi is None else unf(xi_new))
