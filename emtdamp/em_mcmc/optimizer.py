@@ -4,7 +4,9 @@ Read as SGHMC with a diagonal preconditioner ``tau = sigmoid(rho)`` (spec B.3 [D
 only the momentum ``m``, the preconditioner logit ``rho`` and per-group masks; the weights are the
 current sample, and the mean-field posterior standard deviation is the closed form
 ``s = T C^1.5 tau`` (:func:`posterior_std`), so no separate ``(mu, s)`` copy is stored. The previous
-step's noise ``xi`` is not stored either: it is regenerated from ``fold_in(key, count)``.
+step's noise ``xi`` is kept (``store_noise=True``, the registered method's default) or regenerated from
+``fold_in(key, count)``; ``xi`` has mean 0 and variance 1 per weight, three-point (default) or Gaussian
+(``noise_dist``, :func:`noise_tree`).
 
 Per step, with ``g = grad lbar(w)`` (minibatch *mean* loss, no prior), ``C = sqrt(lr_t)``::
 
@@ -13,7 +15,7 @@ Per step, with ``g = grad lbar(w)`` (minibatch *mean* loss, no prior), ``C = sqr
         keep_g <- keep_g & ~(prune_stat_g < hard_threshold)    (+ one-shot target fraction, once)
     eps  = slab eps1 + (1 - slab) eps0          (ungrouped leaves: eps_ungrouped)
     rho <- rho - eta (T^2 C^3 eps tau + T C^1.5 xi_prev g - 1/(tau N))
-    tau  = sigmoid(rho);  xi = N(0, I) fresh
+    tau  = sigmoid(rho);  xi = fresh noise (three-point or N(0, I))
     m   <- beta1 m - C^2 beta2 (g + eps w) + sd xi
     w   <- (w + tau m) * keep
 
@@ -180,9 +182,9 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
         ``em_enabled`` (False = dense optimiser); ``soft_estep``; ``update_theta``;
         ``posterior_noise`` (temperature-1 noise, module docstring); ``rho_adapt_steps``.
     store_noise:
-        Keep the previous step's noise ``xi`` in the state (one more params-sized buffer, one normal
-        draw per step) instead of regenerating it from the key (two draws per step; on CPU the draws
-        dominate the step cost of an MLP). Both give identical trajectories.
+        Keep the previous step's noise ``xi`` in the state (one more params-sized buffer, updated in
+        place, one draw per step) instead of regenerating it from the key (two draws per step). Both give
+        identical trajectories; storing is faster on CPU with either ``noise_dist`` (docs/speed.md).
     noise_dist:
         The injected noise ``xi`` (:func:`noise_tree`): ``"three_point"`` (default) or ``"gaussian"``. The
         initial momentum ``0.001 xi_0`` is drawn from the same distribution.

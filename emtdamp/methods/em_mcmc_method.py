@@ -93,8 +93,8 @@ class EMMCMCHParams:
                                doc="multiplies the N(0, 1/fan_in) init (1/sqrt(3): PyTorch Linear variance)")
     steps_per_epoch: int = hparam(0, range=(0, 10**9), doc="0 = measured after the first epoch")
     store_noise: bool = hparam(True, doc="keep the last noise draw in the state: one params-sized buffer "
-                                         "more, half the random draws per step (default; false regenerates it "
-                                         "from the key, the same trajectory at twice the draws)")
+                                         "more, half the random draws per step (default, faster on CPU; false "
+                                         "regenerates it from the key, the same trajectory at twice the draws)")
     loss_scale: float = hparam(1.0, range=(1e-6, 1e6),
                                doc="regression without learn_noise: the loss is loss_scale * MSE on standardised "
                                    "targets (= Gaussian NLL with fixed noise variance 1/(2 loss_scale)); "

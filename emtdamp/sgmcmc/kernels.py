@@ -19,6 +19,9 @@ Conventions (spec ``baselines.md`` A.3 / C)
 - Step-size schedule ``ε_k = a (b + k)^(−γ)`` with ``k`` the number of steps already taken
   (``a``, ``b``, ``γ`` arrays); ``γ = 0`` gives a constant step.
 - Annealing: ``inv_temp ← inv_temp · anneal_rate`` after every step (1 = off).
+- ``ξ``: mean 0, variance 1, independent per parameter and step; ``noise_dist = "three_point"`` (default,
+  :func:`three_point`: the normal's moments up to order 5, no transcendental, fused into the update) or
+  ``"gaussian"`` (:func:`normal`).
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ def _threefry_bits(seed: jax.Array, shape: tuple[int, ...], uint) -> jax.Array:
 
 
 def normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    """Standard normal draws ``(shape)`` for the samplers' injected noise, from XLA's Threefry bit generator.
+    """Standard normal draws ``(shape)``, the samplers' ``noise_dist="gaussian"``, from XLA's Threefry bit generator.
 
     ``key`` is any JAX PRNG key (raw ``uint32`` key data or a typed key). Its one small ``jax.random.bits``
     call seeds ``lax.rng_bit_generator(..., algorithm=RNG_THREE_FRY)``, XLA's own Threefry-2x32 (20 rounds,
