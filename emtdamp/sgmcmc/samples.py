@@ -15,7 +15,8 @@ A step with iteration number ``k`` (steps taken so far, counted after the step) 
 running sums sit in a ``lax.cond`` (XLA updates the carried buffers in place inside the taken branch).
 Under ``vmap`` (several chains, vmapped seeds) a ``cond`` with a batched predicate would become a
 ``select`` over the whole ring, so there (a ``jax.custom_batching.custom_vmap`` rule) every step writes
-one slot, the scratch slot when not collected, and adds ``take · θ`` to the sums: the same numbers.
+one slot, the scratch slot (with its own content) when not collected, and adds ``take · θ`` to the sums:
+the same buffer, scratch slot included.
 """
 
 from __future__ import annotations
@@ -99,12 +100,13 @@ def _buffer_update(buf: SampleBuffer, position: PyTree, count: jax.Array) -> Sam
 
 
 def _buffer_update_scratch(buf: SampleBuffer, position: PyTree, count: jax.Array) -> SampleBuffer:
-    """The select-free form for vmapped calls: write the scratch slot when not collected, sums += take·θ."""
+    """The select-free form for vmapped calls: one slot written every step, the scratch slot (with its own
+    content, so the buffer equals the unbatched one leaf for leaf) when not collected; sums += take·θ."""
     size = buffer_size(buf)
     take = should_collect(buf, count)
     slot = jnp.where(take, jnp.mod(buf.n_collected, size), size)
     samples = jax.tree_util.tree_map(
-        lambda s, x: jax.lax.dynamic_update_index_in_dim(s, x.astype(s.dtype), slot, 0),
+        lambda s, x: jax.lax.dynamic_update_index_in_dim(s, jnp.where(take, x.astype(s.dtype), s[size]), slot, 0),
         buf.samples, position)
     f = take.astype(jax.tree_util.tree_leaves(position)[0].dtype)
     sum1 = jax.tree_util.tree_map(lambda a, x: a + f * x, buf.sum1, position)
