@@ -42,7 +42,7 @@ re-shuffled every iteration (the gradient sums over all rows either way). ``docs
 the timings (``--draws 3``: 942 -> 358 CPU-s).
 
 Usage: python scripts/run_p1000.py [--draws 8] [--seed 0] [--steps 500000] [--n-test 50] [--dtype float64]
-                                   [--cpus 1] [--xla-flags FLAGS]
+                                   [--cpus 1] [--xla-flags FLAGS] [--noise-dist three_point|gaussian]
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from emtdamp import data as edata
 from emtdamp import sgmcmc as sg
 from emtdamp.methods import Batch, ModelSpec, get_method
 from emtdamp.methods.sgmcmc_methods import SGMCMCHParams
+from emtdamp.sgmcmc.kernels import DEFAULT_NOISE, NOISE_DISTS
 
 REFERENCE = {"sgld_sa": (1.71, 4.08), "sgld_em": (2.20, 7.21), "sgld": (12.14, 219.15)}
 METHODS = ("sgld_sa", "sgld_em", "sgld")
@@ -114,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="first data seed")
     ap.add_argument("--draws", type=int, default=8, help="independent data draws (seeds seed..seed+draws-1)")
     ap.add_argument("--chain-seed", type=int, default=0)
+    ap.add_argument("--noise-dist", choices=NOISE_DISTS, default=DEFAULT_NOISE,
+                    help="the samplers' injected noise (docs/sgmcmc_sa.md section 2)")
     ap.add_argument("--n-test", type=int, default=50)
     ap.add_argument("--v0", type=float, default=0.01, help="Laplace spike scale (R demo 0.1; tuned, see doc)")
     ap.add_argument("--omega-a", type=float, default=0.1, help="ω_k = min(cap, A (100+k)^-0.7): A")
@@ -156,7 +159,8 @@ def main(argv=None):
                            v0=args.v0, v1=10.0, beta_a=1.0, beta_b=-1.0, nu=1.0, lam=1.0 / s_y ** 2,
                            sigma_init=1.0 / s_y, rho_init=0.5, kappa0_init=1.0, kappa1_init=1.0, delta_init=0.5,
                            omega_a=args.omega_a, omega_z=100.0, omega_alpha=0.7, omega_cap=args.omega_cap,
-                           weight_decay=1e-4, burn_in=burn, thin=args.thin, n_samples=1)
+                           weight_decay=1e-4, burn_in=burn, thin=args.thin, n_samples=1,
+                           noise_dist=args.noise_dist)
         # n_samples=1: the script reads the posterior means from the running sums over ALL kept samples
         # (sg.posterior_mean); the ring buffer of the latest samples is not used, so one slot suffices
         key = jax.random.fold_in(jax.random.key(args.chain_seed), d)

@@ -4,7 +4,9 @@ Read as SGHMC with a diagonal preconditioner ``tau = sigmoid(rho)`` (spec B.3 [D
 only the momentum ``m``, the preconditioner logit ``rho`` and per-group masks; the weights are the
 current sample, and the mean-field posterior standard deviation is the closed form
 ``s = T C^1.5 tau`` (:func:`posterior_std`), so no separate ``(mu, s)`` copy is stored. The previous
-step's noise ``xi`` is not stored either: it is regenerated from ``fold_in(key, count)``.
+step's noise ``xi`` is kept (``store_noise=True``, the registered method's default) or regenerated from
+``fold_in(key, count)``; ``xi`` has mean 0 and variance 1 per weight, three-point (default) or Gaussian
+(``noise_dist``, :func:`noise_tree`).
 
 Per step, with ``g = grad lbar(w)`` (minibatch *mean* loss, no prior), ``C = sqrt(lr_t)``::
 
@@ -13,7 +15,7 @@ Per step, with ``g = grad lbar(w)`` (minibatch *mean* loss, no prior), ``C = sqr
         keep_g <- keep_g & ~(prune_stat_g < hard_threshold)    (+ one-shot target fraction, once)
     eps  = slab eps1 + (1 - slab) eps0          (ungrouped leaves: eps_ungrouped)
     rho <- rho - eta (T^2 C^3 eps tau + T C^1.5 xi_prev g - 1/(tau N))
-    tau  = sigmoid(rho);  xi = N(0, I) fresh
+    tau  = sigmoid(rho);  xi = fresh noise (three-point or N(0, I))
     m   <- beta1 m - C^2 beta2 (g + eps w) + sd xi
     w   <- (w + tau m) * keep
 
@@ -39,7 +41,7 @@ import optax
 from emtdamp.em_mcmc import em
 from emtdamp.em_mcmc.groups import GroupSpec, apply_keep, init_keep, init_slab, weight_mask
 from emtdamp.em_mcmc.schedule import cyclical_lr, em_gate
-from emtdamp.sgmcmc.kernels import normal
+from emtdamp.sgmcmc.kernels import DEFAULT_NOISE, check_noise_dist, noise_like
 
 PyTree = Any
 
@@ -93,14 +95,12 @@ class EMMCMCState(NamedTuple):
     xi: PyTree = None
 
 
-def noise_tree(key: jax.Array, count: jax.Array, params: PyTree) -> PyTree:
-    """The ``N(0, I)`` draw ``xi_t`` of step ``count`` (same structure / dtypes as ``params``), from the samplers'
-    generator :func:`emtdamp.sgmcmc.kernels.normal` (XLA's Threefry; ≈ 3× cheaper per draw on CPU than
-    ``jax.random.normal``)."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.fold_in(key, count), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef, [normal(k, w.shape, w.dtype) for k, w in zip(keys, leaves, strict=True)])
+def noise_tree(key: jax.Array, count: jax.Array, params: PyTree, dist: str = DEFAULT_NOISE) -> PyTree:
+    """The noise draw ``xi_t`` of step ``count`` (mean 0, variance 1 per weight; same structure / dtypes as
+    ``params``): :func:`emtdamp.sgmcmc.kernels.noise_like` of ``fold_in(key, count)``, ``dist = "three_point"``
+    (default; ``±√3`` w.p. 1/6 each, 0 w.p. 2/3, moments to order 5 = the normal's) or ``"gaussian"``
+    (``N(0, I)``)."""
+    return noise_like(jax.random.fold_in(key, count), params, dist)
 
 
 def step_size(state: EMMCMCState) -> jax.Array:
@@ -160,7 +160,7 @@ def em_and_prune(params: PyTree, spec: GroupSpec, state: EMMCMCState) -> EMMCMCS
 
 
 def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, store_noise: bool = False,
-            **hyper_kwargs) -> optax.GradientTransformation:
+            noise_dist: str = DEFAULT_NOISE, **hyper_kwargs) -> optax.GradientTransformation:
     """EM-MCMC optimiser (adaptive mean-field VI = preconditioned SGHMC with a spike-and-slab group
     prior and one-shot pruning).
 
@@ -182,9 +182,12 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
         ``em_enabled`` (False = dense optimiser); ``soft_estep``; ``update_theta``;
         ``posterior_noise`` (temperature-1 noise, module docstring); ``rho_adapt_steps``.
     store_noise:
-        Keep the previous step's noise ``xi`` in the state (one more params-sized buffer, one normal
-        draw per step) instead of regenerating it from the key (two draws per step; on CPU the draws
-        dominate the step cost of an MLP). Both give identical trajectories.
+        Keep the previous step's noise ``xi`` in the state (one more params-sized buffer, updated in
+        place, one draw per step) instead of regenerating it from the key (two draws per step). Both give
+        identical trajectories; storing is faster on CPU with either ``noise_dist`` (docs/speed.md).
+    noise_dist:
+        The injected noise ``xi`` (:func:`noise_tree`): ``"three_point"`` (default) or ``"gaussian"``. The
+        initial momentum ``0.001 xi_0`` is drawn from the same distribution.
 
     Notes
     -----
@@ -195,24 +198,27 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
     and a soft E-step is available.
     """
 
+    check_noise_dist(noise_dist)
+
     def init(params: PyTree) -> EMMCMCState:
         spec.check(params)
         leaves, treedef = jax.tree_util.tree_flatten(params)
         dtype = leaves[0].dtype
         h = hyper if hyper is not None else make_hyper(dtype, **hyper_kwargs)
         k_m, k_run = jax.random.split(key)
-        mom = noise_tree(k_m, jnp.asarray(0, jnp.int32), params)
+        mom = noise_tree(k_m, jnp.asarray(0, jnp.int32), params, noise_dist)
         mom = jax.tree_util.tree_map(lambda z: 0.001 * z, mom)
         rho = jax.tree_util.tree_map(jnp.zeros_like, params)
         return EMMCMCState(count=jnp.asarray(0, jnp.int32), key=k_run, momentum=mom, rho=rho,
                            slab=init_slab(params, spec), keep=init_keep(params, spec),
                            logit_theta=jnp.asarray(0.0, dtype), target_done=jnp.asarray(False), hyper=h,
-                           xi=noise_tree(k_run, jnp.asarray(0, jnp.int32), params) if store_noise else None)
+                           xi=noise_tree(k_run, jnp.asarray(0, jnp.int32), params, noise_dist) if store_noise
+                           else None)
 
     def update(grads: PyTree, state: EMMCMCState, params: PyTree | None = None):
         if params is None:
             raise ValueError("em_mcmc.update needs params")
-        new_params, new_state = em_mcmc_step(spec, grads, state, params)
+        new_params, new_state = em_mcmc_step(spec, grads, state, params, noise_dist)
         updates = jax.tree_util.tree_map(lambda a, b: a - b, new_params, params)
         return updates, new_state
 
@@ -224,11 +230,12 @@ def masked_params(params: PyTree, state: EMMCMCState) -> PyTree:
     return apply_keep(params, state.keep)
 
 
-def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState,
-                 params: PyTree) -> tuple[PyTree, EMMCMCState]:
+def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState, params: PyTree,
+                 noise_dist: str = DEFAULT_NOISE) -> tuple[PyTree, EMMCMCState]:
     """One EM-MCMC step returning the new params directly (see the module docstring for the rule).
 
-    ``grads``: gradient of the minibatch *mean* loss at ``params`` (no prior term).
+    ``grads``: gradient of the minibatch *mean* loss at ``params`` (no prior term); ``noise_dist``: the
+    distribution of ``xi`` (:func:`noise_tree`; the one :func:`em_mcmc` was built with).
     """
     h = state.hyper
     is_em = h.em_enabled & em_gate(state.count, h.steps_per_epoch, h.warm_up)
@@ -246,17 +253,28 @@ def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState,
     w_l, treedef = jax.tree_util.tree_flatten(params)
     g_l = treedef.flatten_up_to(grads)
     xi_prev = jax.tree_util.tree_leaves(
-        noise_tree(state.key, state.count, params) if state.xi is None else state.xi)
-    xi_new = jax.tree_util.tree_leaves(noise_tree(state.key, state.count + 1, params))
+        noise_tree(state.key, state.count, params, noise_dist) if state.xi is None else state.xi)
     m_l = treedef.flatten_up_to(state.momentum)
     r_l = treedef.flatten_up_to(state.rho)
     noise_scale = jnp.sqrt(2.0 + 2.0 * h.beta1 ** 2) * c15 * t
     adapt = (h.rho_adapt_steps < 0) | (state.count < h.rho_adapt_steps)
-    new_w, new_m, new_r = [], [], []
-    for w, g, xp, xn, m, r, e, k in zip(w_l, g_l, xi_prev, xi_new, m_l, r_l, eps, state.keep, strict=True):
+    new_r = []
+    for g, xp, r, e in zip(g_l, xi_prev, r_l, eps, strict=True):
         tau = jax.nn.sigmoid(r)
         r_new = r - h.eta * (t ** 2 * c ** 3 * e * tau + t * c15 * xp * g - 1.0 / (tau * h.n_data))
-        r = jnp.where(adapt, r_new, r)
+        new_r.append(jnp.where(adapt, r_new, r).astype(r.dtype))
+    count_new = state.count + 1
+    if state.xi is not None:
+        # the stored noise is last read by the rho update above. Making the new draw depend on that update's
+        # result (count + 0, the 0 = isnan(x) & isinf(x) of one updated element of every leaf, false for every x,
+        # which XLA does not fold) orders the two, so XLA writes xi_new over xi_prev in place instead of copying
+        # both buffers every step
+        for r in new_r:
+            first = r.reshape(-1)[0]
+            count_new = count_new + (jnp.isnan(first) & jnp.isinf(first)).astype(count_new.dtype)
+    xi_new = jax.tree_util.tree_leaves(noise_tree(state.key, count_new, params, noise_dist))
+    new_w, new_m = [], []
+    for w, g, xn, m, r, e, k in zip(w_l, g_l, xi_new, m_l, new_r, eps, state.keep, strict=True):
         tau = jax.nn.sigmoid(r)
         # temperature-1 SGHMC with velocity v = tau m: v <- beta1 v - (tau lr beta2 / N) grad U + tau sd xi
         # needs (tau sd)^2 = 2 (1 - beta1) (tau lr beta2 / N)
@@ -268,7 +286,6 @@ def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState,
             wn = wn * weight_mask(k, w)
         new_w.append(wn.astype(w.dtype))
         new_m.append(m.astype(w.dtype))
-        new_r.append(r.astype(w.dtype))
     unf = lambda xs: jax.tree_util.tree_unflatten(treedef, xs)
     new_state = state._replace(count=state.count + 1, momentum=unf(new_m), rho=unf(new_r),
                                xi=None if state.xi is None else unf(xi_new))

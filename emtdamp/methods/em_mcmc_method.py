@@ -47,6 +47,7 @@ from emtdamp.methods.base import Algorithm, Batch, DataSpec, Method, Mixture, Mo
 from emtdamp.methods.registry import register
 from emtdamp.models.network import build_network, kernels
 from emtdamp.pytrees import is_kernel
+from emtdamp.sgmcmc.kernels import DEFAULT_NOISE, NOISE_DISTS
 from emtdamp.sgmcmc.samples import (
     SampleBuffer,
     buffer_init,
@@ -92,12 +93,16 @@ class EMMCMCHParams:
                                doc="multiplies the N(0, 1/fan_in) init (1/sqrt(3): PyTorch Linear variance)")
     steps_per_epoch: int = hparam(0, range=(0, 10**9), doc="0 = measured after the first epoch")
     store_noise: bool = hparam(True, doc="keep the last noise draw in the state: one params-sized buffer "
-                                         "more, half the random draws per step (default; false regenerates it "
-                                         "from the key, the same trajectory at twice the draws)")
+                                         "more, half the random draws per step (default, faster on CPU; false "
+                                         "regenerates it from the key, the same trajectory at twice the draws)")
     loss_scale: float = hparam(1.0, range=(1e-6, 1e6),
                                doc="regression without learn_noise: the loss is loss_scale * MSE on standardised "
                                    "targets (= Gaussian NLL with fixed noise variance 1/(2 loss_scale)); "
                                    "y_std**2 reproduces a raw-unit MSE (the notebooks' loss)")
+    noise_dist: str = hparam(DEFAULT_NOISE, choices=NOISE_DISTS,
+                             doc="distribution of the injected noise xi (mean 0, variance 1): 'three_point' = "
+                                 "±√3 w.p. 1/6 each, 0 w.p. 2/3 (moments to order 5 = the normal's; Kloeden & "
+                                 "Platen 1992 §14.2; docs/speed.md), 'gaussian' = N(0, 1)")
     noise: str = hparam("reference", choices=("reference", "posterior"),
                         doc="injected noise: reference = sqrt(2+2 beta1^2) C^1.5 T (spec B.3, cold); posterior = "
                             "temperature-1 SGHMC noise sqrt(2 (1-beta1) beta2 C^2/(N tau)), rho adapted "
@@ -246,7 +251,7 @@ def build_em_mcmc() -> Method:
         def init(key) -> EMMCMCMethodState:
             k_p, k_o = jax.random.split(key)
             params = init_params(k_p)
-            tx = em_mcmc(spec, k_o, hyper, store_noise=hp.store_noise)
+            tx = em_mcmc(spec, k_o, hyper, store_noise=hp.store_noise, noise_dist=hp.noise_dist)
             opt = tx.init(params)
             lt = float(np.log(hp.theta0) - np.log1p(-hp.theta0))
             opt = opt._replace(logit_theta=jnp.asarray(lt, dtype))
@@ -263,7 +268,7 @@ def build_em_mcmc() -> Method:
             v = state.noise_var if learn_noise else None
             (_, (loss, rss, n_res)), grads = jax.value_and_grad(_loss_fn, argnums=1, has_aux=True)(
                 apply_fn, state.params, batch, task, hp.loss_scale, v)
-            params, opt = em_mcmc_step(spec, grads, state.opt, state.params)
+            params, opt = em_mcmc_step(spec, grads, state.opt, state.params, hp.noise_dist)
             count = state.count + 1
             samples = buffer_update(state.samples, {"params": params, "noise_var": state.noise_var}, count)
             kept = sum(jnp.sum(k[0]) for k in opt.keep if len(k))

@@ -84,7 +84,12 @@ from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.models.network import build_network
 from emtdamp.pytrees import is_kernel, path_keys
-from emtdamp.sgmcmc.kernels import sample_noise_variance, update_noise_variance_halfnormal
+from emtdamp.sgmcmc.kernels import (
+    DEFAULT_NOISE,
+    NOISE_DISTS,
+    sample_noise_variance,
+    update_noise_variance_halfnormal,
+)
 
 AUTO_LR_N = 1e-3
 """``learning_rate = 0`` (the default) means ``ε_0 = AUTO_LR_N / N``: the energy is on the sum scale, so a
@@ -109,6 +114,10 @@ class SGMCMCHParams:
     inv_temp: float = hparam(1.0, range=(1e-8, 1e15), doc="inverse temperature (paper's τ)")
     anneal_rate: float = hparam(1.0, range=(0.5, 2.0),
                                 doc="inv_temp ×= anneal_rate per iteration; 1.0 = the method default (a_*: 1.003)")
+    noise_dist: str = hparam(DEFAULT_NOISE, choices=NOISE_DISTS,
+                             doc="injected noise ξ (mean 0, variance 1): 'three_point' = ±√3 w.p. 1/6 each, 0 w.p. "
+                                 "2/3 (moments to order 5 = the normal's; Kloeden & Platen 1992 §14.2; no "
+                                 "transcendentals, fused Threefry bits: docs/speed.md), 'gaussian' = N(0, 1)")
     prior: str = hparam("ssgl", choices=("ssgl", "gaussian"), doc="SSGL on ssgl_layers, or L2 everywhere")
     ssgl_layers: tuple[int, ...] = hparam((), doc="indices of weight layers (CNN: conv kernels, then dense) "
                                           "whose kernel gets SSGL; () = all")
@@ -417,11 +426,11 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                 s2 = state.noise_var if cfg.task == "regression" else jnp.ones((), eps.dtype)
                 eps = eps * s2.astype(eps.dtype) / cfg.n_train
             if cfg.sampler == "sgld":
-                params = sg.sgld_update(k_noise, state.params, g, eps, state.inv_temp)
+                params = sg.sgld_update(k_noise, state.params, g, eps, state.inv_temp, hp.noise_dist)
                 mom = state.momentum
             else:
                 params, mom = sg.sghmc_update(k_noise, state.params, state.momentum, g, eps, state.momentum_decay,
-                                              state.inv_temp)
+                                              state.inv_temp, hp.noise_dist)
             params = mask_tree(params, state.masks)
             mom = mask_tree(mom, state.masks)
             omega = sg.omega_value(state.omega, state.count)

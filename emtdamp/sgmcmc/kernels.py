@@ -19,10 +19,14 @@ Conventions (spec ``baselines.md`` A.3 / C)
 - Step-size schedule ``ε_k = a (b + k)^(−γ)`` with ``k`` the number of steps already taken
   (``a``, ``b``, ``γ`` arrays); ``γ = 0`` gives a constant step.
 - Annealing: ``inv_temp ← inv_temp · anneal_rate`` after every step (1 = off).
+- ``ξ``: mean 0, variance 1, independent per parameter and step; ``noise_dist = "three_point"`` (default,
+  :func:`three_point`: the normal's moments up to order 5, no transcendental, fused into the update) or
+  ``"gaussian"`` (:func:`normal`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -125,7 +129,7 @@ def _threefry_bits(seed: jax.Array, shape: tuple[int, ...], uint) -> jax.Array:
 
 
 def normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    """Standard normal draws ``(shape)`` for the samplers' injected noise, from XLA's Threefry bit generator.
+    """Standard normal draws ``(shape)``, the samplers' ``noise_dist="gaussian"``, from XLA's Threefry bit generator.
 
     ``key`` is any JAX PRNG key (raw ``uint32`` key data or a typed key). Its one small ``jax.random.bits``
     call seeds ``lax.rng_bit_generator(..., algorithm=RNG_THREE_FRY)``, XLA's own Threefry-2x32 (20 rounds,
@@ -152,20 +156,143 @@ def normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Arr
 
 def normal_like(key: jax.Array, tree: PyTree) -> PyTree:
     """:func:`normal` draws shaped and typed like every leaf of ``tree`` (one split key per leaf)."""
+    return noise_like(key, tree, "gaussian")
+
+
+NOISE_DISTS = ("three_point", "gaussian")
+"""The injected-noise distributions of the samplers (``noise_dist``): see :func:`noise`."""
+DEFAULT_NOISE = "three_point"
+"""The samplers' default ``noise_dist`` (docs/speed.md and docs/sgmcmc_sa.md say why)."""
+
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_THREE_POINT_T = 715827883                      # ceil(2^32 / 6): P(ξ = −a) = P(ξ = +a) = T / 2^32
+THREE_POINT_P = _THREE_POINT_T / 2.0 ** 32
+"""``P(ξ = +a) = P(ξ = −a)`` of :func:`three_point` (1/6 + 1.6e-10)."""
+THREE_POINT_A = float(np.sqrt(1.0 / (2.0 * THREE_POINT_P)))
+"""The atoms ``±a`` of :func:`three_point` (``√3 − 4.9e-9``): the variance ``2 p a²`` is exactly 1."""
+
+
+def threefry2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 (Salmon et al. 2011; 20 rounds), the hash ``jax.random``'s default PRNG is built on.
+
+    Written in plain ``uint32`` ``jnp`` operations and unrolled, so XLA fuses it into the elementwise
+    computation that consumes its output (``jax.random``'s CPU lowering is a rolled loop, a kernel of its own
+    that writes the bits to memory). Bit for bit the function ``jax.extend.random.threefry_2x32`` computes
+    (``tests/test_speed_noise.py``).
+
+    Parameters
+    ----------
+    k0, k1: ``()`` (or broadcastable) ``uint32`` key words.
+    x0, x1: ``uint32`` counter words, any broadcastable shapes.
+
+    Returns
+    -------
+    ``(y0, y1)``: the two ``uint32`` output words, of the broadcast shape of the inputs.
+    """
+    u = jnp.uint32
+    k0, k1, x0, x1 = (jnp.asarray(v, u) for v in (k0, k1, x0, x1))
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _THREEFRY_ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = (x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))
+            x1 = x0 ^ x1
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def flat_index(shape: tuple[int, ...]) -> jax.Array:
+    """``uint32`` array of ``shape`` holding each element's row-major flat index (``0 .. size − 1``).
+
+    Built from ``broadcasted_iota``s (elementwise, so it fuses into its consumer); ``size`` must be below
+    ``2^32``.
+    """
+    shape = tuple(int(d) for d in shape)
+    if math.prod(shape) >= 2 ** 32:
+        raise ValueError(f"flat_index: {math.prod(shape)} elements do not fit a uint32 counter")
+    idx = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for d in range(len(shape) - 1, -1, -1):
+        idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * np.uint32(stride)
+        stride *= shape[d]
+    return idx
+
+
+def three_point(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32, stream: int = 0) -> jax.Array:
+    """Three-point noise ``(shape)``: ``ξ ∈ {−a, 0, +a}`` with probabilities ``p, 1 − 2p, p``, ``p ≈ 1/6``.
+
+    The simplified weak noise of Kloeden & Platen (1992, *Numerical Solution of Stochastic Differential
+    Equations*, §14.2): with ``p = 1/6`` and ``a = √3`` its moments up to order 5 are the standard normal's
+    (mean 0, variance 1, skewness 0, ``E ξ⁴ = 3``, ``E ξ⁵ = 0``; ``E ξ⁶ = 9`` instead of 15). Weak-order theory
+    of Euler-type SDE / SG-MCMC integrators depends on the noise only through these moments, and a chain's
+    state sums the noise of many steps, so its law is Gaussian up to a sixth cumulant that shrinks with the
+    number of steps averaged (docs/speed.md).
+
+    Generation: one 32-bit Threefry-2x32 word per element (:func:`threefry2x32` keyed by two words of
+    ``jax.random.bits(key)``, counter ``(flat index, stream)``), compared with two thresholds: no
+    transcendental function, fused into the sampler's update. Exactly: ``p = T / 2^32`` with ``T =
+    ceil(2^32 / 6)`` (:data:`THREE_POINT_P`, 1/6 + 1.6e-10) and ``a = 1 / √(2p)`` (:data:`THREE_POINT_A`),
+    so the variance is exactly 1 and ``E ξ⁴ = 1 / (2p) = 3 − 2.9e-9``. ``stream`` (``0 .. 2^32 − 1``) selects
+    one of the key's independent arrays (:func:`noise_like` gives leaf ``i`` the stream ``i``).
+
+    A vmapped call (chains, vmapped seeds) gives every row exactly its unbatched numbers (the computation
+    is elementwise in the key words). ``key``: any JAX PRNG key (raw ``uint32`` key data or typed).
+    """
+    return _three_point_from_words(jax.random.bits(key, (2,), jnp.uint32), shape, dtype, stream)
+
+
+def _three_point_from_words(kw: jax.Array, shape: tuple[int, ...], dtype, stream: int) -> jax.Array:
+    """:func:`three_point` from the ``(2,)`` ``uint32`` Threefry key words ``kw``."""
+    dtype = jnp.dtype(dtype)
+    bits, _ = threefry2x32(kw[0], kw[1], flat_index(shape), np.uint32(stream))
+    a = np.array(THREE_POINT_A, dtype)
+    return jnp.where(bits < np.uint32(_THREE_POINT_T), -a,
+                     jnp.where(bits >= np.uint32(2 ** 32 - _THREE_POINT_T), a, np.array(0, dtype)))
+
+
+def noise(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32, dist: str = DEFAULT_NOISE) -> jax.Array:
+    """The samplers' injected noise ``(shape)`` of mean 0 and variance 1: ``dist`` is ``"three_point"``
+    (:func:`three_point`) or ``"gaussian"`` (:func:`normal`)."""
+    check_noise_dist(dist)
+    return three_point(key, shape, dtype) if dist == "three_point" else normal(key, shape, dtype)
+
+
+def check_noise_dist(dist: str) -> None:
+    """Raise ``ValueError`` unless ``dist`` is one of :data:`NOISE_DISTS`."""
+    if dist not in NOISE_DISTS:
+        raise ValueError(f"noise_dist must be one of {NOISE_DISTS}, got {dist!r}")
+
+
+def noise_like(key: jax.Array, tree: PyTree, dist: str = DEFAULT_NOISE) -> PyTree:
+    """:func:`noise` draws shaped and typed like every leaf of ``tree``.
+
+    ``"gaussian"``: one split key per leaf (:func:`normal` of ``jax.random.split(key, n_leaves)[i]``).
+    ``"three_point"``: one ``jax.random.bits`` call for the whole tree, leaf ``i`` is stream ``i`` of
+    :func:`three_point` (a one-leaf tree gets ``three_point(key, shape)``): per step one tiny key-derivation
+    kernel instead of one per leaf.
+    """
+    check_noise_dist(dist)
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef, [normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)])
+    if dist == "three_point":
+        kw = jax.random.bits(key, (2,), jnp.uint32)
+        out = [_three_point_from_words(kw, x.shape, x.dtype, i) for i, x in enumerate(leaves)]
+    else:
+        keys = jax.random.split(key, len(leaves))
+        out = [normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def sgld_update(key: jax.Array, position: PyTree, grad: PyTree, step_size: jax.Array,
-                inv_temp: jax.Array) -> PyTree:
-    """One SGLD move ``θ − ε g + sqrt(2ε / inv_temp) ξ`` (leaf-wise, shapes preserved)."""
-    noise = normal_like(key, position)
+                inv_temp: jax.Array, noise_dist: str = DEFAULT_NOISE) -> PyTree:
+    """One SGLD move ``θ − ε g + sqrt(2ε / inv_temp) ξ`` (leaf-wise, shapes preserved); ``ξ`` from
+    :func:`noise` with ``dist = noise_dist``."""
+    xi = noise_like(key, position, noise_dist)
     return jax.tree_util.tree_map(
         lambda x, g, z: x - (step_size * g).astype(x.dtype)
         + (jnp.sqrt(2.0 * step_size / inv_temp) * z).astype(x.dtype),
-        position, grad, noise)
+        position, grad, xi)
 
 
 def sghmc_noise_std(step_size: jax.Array, momentum_decay: jax.Array, inv_temp: jax.Array) -> jax.Array:
@@ -175,12 +302,14 @@ def sghmc_noise_std(step_size: jax.Array, momentum_decay: jax.Array, inv_temp: j
 
 
 def sghmc_update(key: jax.Array, position: PyTree, momentum: PyTree, grad: PyTree, step_size: jax.Array,
-                 momentum_decay: jax.Array, inv_temp: jax.Array) -> tuple[PyTree, PyTree]:
-    """One SGHMC move: ``v ← m v − ε g + std·ξ``, ``θ ← θ + v``; returns ``(position, momentum)``."""
-    noise = normal_like(key, position)
+                 momentum_decay: jax.Array, inv_temp: jax.Array,
+                 noise_dist: str = DEFAULT_NOISE) -> tuple[PyTree, PyTree]:
+    """One SGHMC move: ``v ← m v − ε g + std·ξ``, ``θ ← θ + v``; returns ``(position, momentum)``; ``ξ`` from
+    :func:`noise` with ``dist = noise_dist``."""
+    xi = noise_like(key, position, noise_dist)
     std = sghmc_noise_std(step_size, momentum_decay, inv_temp)
     momentum = jax.tree_util.tree_map(
-        lambda v, g, z: (momentum_decay * v - step_size * g + std * z).astype(v.dtype), momentum, grad, noise)
+        lambda v, g, z: (momentum_decay * v - step_size * g + std * z).astype(v.dtype), momentum, grad, xi)
     position = jax.tree_util.tree_map(lambda x, v: x + v, position, momentum)
     return position, momentum
 
@@ -327,11 +456,13 @@ def sgld_init(position: PyTree, schedule: PolynomialSchedule, inv_temp: float | 
 
 
 def sgld_step(key: jax.Array, state: SGLDState, batch: Any,
-              grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]]) -> tuple[SGLDState, SampleInfo]:
-    """One SGLD iteration with gradient estimator ``grad_fn`` (see :func:`grad_estimator`)."""
+              grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]],
+              noise_dist: str = DEFAULT_NOISE) -> tuple[SGLDState, SampleInfo]:
+    """One SGLD iteration with gradient estimator ``grad_fn`` (see :func:`grad_estimator`) and injected noise
+    ``noise_dist`` (:func:`noise`)."""
     energy, g = grad_fn(state.position, batch)
     eps = schedule_value(state.schedule, state.count)
-    pos = sgld_update(key, state.position, g, eps, state.inv_temp)
+    pos = sgld_update(key, state.position, g, eps, state.inv_temp, noise_dist)
     new = state.replace(position=pos, count=state.count + 1, inv_temp=state.inv_temp * state.anneal_rate)
     return new, SampleInfo(energy=energy, step_size=eps)
 
@@ -347,23 +478,29 @@ def sghmc_init(position: PyTree, schedule: PolynomialSchedule, momentum_decay: f
 
 
 def sghmc_step(key: jax.Array, state: SGHMCState, batch: Any,
-               grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]]) -> tuple[SGHMCState, SampleInfo]:
-    """One SGHMC iteration with gradient estimator ``grad_fn``."""
+               grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]],
+               noise_dist: str = DEFAULT_NOISE) -> tuple[SGHMCState, SampleInfo]:
+    """One SGHMC iteration with gradient estimator ``grad_fn`` and injected noise ``noise_dist`` (:func:`noise`)."""
     energy, g = grad_fn(state.position, batch)
     eps = schedule_value(state.schedule, state.count)
-    pos, mom = sghmc_update(key, state.position, state.momentum, g, eps, state.momentum_decay, state.inv_temp)
+    pos, mom = sghmc_update(key, state.position, state.momentum, g, eps, state.momentum_decay, state.inv_temp,
+                            noise_dist)
     new = state.replace(position=pos, momentum=mom, count=state.count + 1,
                         inv_temp=state.inv_temp * state.anneal_rate)
     return new, SampleInfo(energy=energy, step_size=eps)
 
 
-def sgld(grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]]) -> SamplingAlgorithm:
-    """SGLD as ``SamplingAlgorithm(init, step)`` with ``step(key, state, batch)``."""
+def sgld(grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]],
+         noise_dist: str = DEFAULT_NOISE) -> SamplingAlgorithm:
+    """SGLD as ``SamplingAlgorithm(init, step)`` with ``step(key, state, batch)``; ``noise_dist``: :func:`noise`."""
+    check_noise_dist(noise_dist)
     return SamplingAlgorithm(init=sgld_init,
-                             step=lambda key, state, batch: sgld_step(key, state, batch, grad_fn))
+                             step=lambda key, state, batch: sgld_step(key, state, batch, grad_fn, noise_dist))
 
 
-def sghmc(grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]]) -> SamplingAlgorithm:
-    """SGHMC as ``SamplingAlgorithm(init, step)`` with ``step(key, state, batch)``."""
+def sghmc(grad_fn: Callable[[PyTree, Any], tuple[jax.Array, PyTree]],
+          noise_dist: str = DEFAULT_NOISE) -> SamplingAlgorithm:
+    """SGHMC as ``SamplingAlgorithm(init, step)`` with ``step(key, state, batch)``; ``noise_dist``: :func:`noise`."""
+    check_noise_dist(noise_dist)
     return SamplingAlgorithm(init=sghmc_init,
-                             step=lambda key, state, batch: sghmc_step(key, state, batch, grad_fn))
+                             step=lambda key, state, batch: sghmc_step(key, state, batch, grad_fn, noise_dist))

@@ -39,8 +39,10 @@ import jax.numpy as jnp
 
 from emtdamp.pytrees import is_kernel
 from emtdamp.sgmcmc.kernels import (
+    DEFAULT_NOISE,
     PolynomialSchedule,
     SamplingAlgorithm,
+    check_noise_dist,
     polynomial_schedule,
     schedule_value,
     sghmc_update,
@@ -95,7 +97,7 @@ class SAInfo(NamedTuple):
 
 
 def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, select: LeafFilter = is_kernel,
-               sampler: str = "sghmc") -> SamplingAlgorithm:
+               sampler: str = "sghmc", noise_dist: str = DEFAULT_NOISE) -> SamplingAlgorithm:
     """SG-MCMC with the SSGL prior and SA latents over any params pytree (see the module docstring).
 
     Parameters
@@ -110,6 +112,9 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
         (default :func:`emtdamp.pytrees.is_kernel`: every leaf named ``kernel``).
     sampler:
         ``"sghmc"`` or ``"sgld"``.
+    noise_dist:
+        The injected noise: ``"three_point"`` (default) or ``"gaussian"``
+        (:func:`emtdamp.sgmcmc.kernels.noise`).
 
     Returns
     -------
@@ -127,6 +132,7 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
     """
     if sampler not in ("sghmc", "sgld"):
         raise ValueError(f"sampler must be 'sghmc' or 'sgld', got {sampler!r}")
+    check_noise_dist(noise_dist)
 
     def split(position):
         leaves, treedef = jax.tree_util.tree_flatten(position)
@@ -180,10 +186,10 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
         u, g = jax.value_and_grad(energy)(state.position, batch, state)
         eps = schedule_value(state.schedule, state.count)
         if sampler == "sgld":
-            pos, mom = sgld_update(key, state.position, g, eps, state.inv_temp), state.momentum
+            pos, mom = sgld_update(key, state.position, g, eps, state.inv_temp, noise_dist), state.momentum
         else:
             pos, mom = sghmc_update(key, state.position, state.momentum, g, eps, state.momentum_decay,
-                                    state.inv_temp)
+                                    state.inv_temp, noise_dist)
         omega = omega_value(state.omega, state.count)
         leaves, _, sel = split(pos)
         lat = sa_update(state.latents, [leaves[i] for i in sel], omega, state.hyper) if sel else state.latents
@@ -195,12 +201,12 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
 
 
 def sghmc_sa(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *,
-             select: LeafFilter = is_kernel) -> SamplingAlgorithm:
+             select: LeafFilter = is_kernel, noise_dist: str = DEFAULT_NOISE) -> SamplingAlgorithm:
     """SGHMC-SA: :func:`sa_sampler` with ``sampler="sghmc"``."""
-    return sa_sampler(loglik_fn, n_data, select=select, sampler="sghmc")
+    return sa_sampler(loglik_fn, n_data, select=select, sampler="sghmc", noise_dist=noise_dist)
 
 
 def sgld_sa(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *,
-            select: LeafFilter = is_kernel) -> SamplingAlgorithm:
+            select: LeafFilter = is_kernel, noise_dist: str = DEFAULT_NOISE) -> SamplingAlgorithm:
     """SGLD-SA: :func:`sa_sampler` with ``sampler="sgld"``."""
-    return sa_sampler(loglik_fn, n_data, select=select, sampler="sgld")
+    return sa_sampler(loglik_fn, n_data, select=select, sampler="sgld", noise_dist=noise_dist)

@@ -3,14 +3,20 @@
 Two accumulators, both static-shape pytrees so ``predict(state, x)`` stays pure:
 
 - a ring buffer of the last ``size`` thinned samples (for predictive averages through a nonlinear
-  network): leaves of shape ``(size + 1, *leaf.shape)``; the extra slot is a scratch slot written
-  when a step is not collected, so every step does one in-place ``dynamic_update_index`` (no
-  ``cond``, and it stays cheap under ``vmap``);
+  network): leaves of shape ``(size + 1, *leaf.shape)``; the extra slot is a scratch slot that a
+  vmapped update writes when a step is not collected (below);
 - running sums of ``θ`` and ``θ²`` over *all* collected samples (posterior mean and marginal
   variance of the parameters, e.g. regression coefficients).
 
 A step with iteration number ``k`` (steps taken so far, counted after the step) is collected when
 ``k > burn_in`` and ``(k − burn_in) % thin == 0``.
+
+:func:`buffer_update` costs nothing on a step that is not collected: unbatched, the write and the
+running sums sit in a ``lax.cond`` (XLA updates the carried buffers in place inside the taken branch).
+Under ``vmap`` (several chains, vmapped seeds) a ``cond`` with a batched predicate would become a
+``select`` over the whole ring, so there (a ``jax.custom_batching.custom_vmap`` rule) every step writes
+one slot, the scratch slot (with its own content) when not collected, and adds ``take · θ`` to the sums:
+the same buffer, scratch slot included.
 """
 
 from __future__ import annotations
@@ -69,18 +75,56 @@ def should_collect(buf: SampleBuffer, count: jax.Array) -> jax.Array:
 
 
 def buffer_update(buf: SampleBuffer, position: PyTree, count: jax.Array) -> SampleBuffer:
-    """Record ``position`` if iteration ``count`` is collected (pure; static shapes)."""
+    """Record ``position`` if iteration ``count`` is collected (pure; static shapes).
+
+    Unbatched: a ``lax.cond`` (nothing is read or written on a step that is not collected); vmapped: one
+    ``dynamic_update_index`` per step into the collected slot or the scratch slot and ``sum += take · θ``
+    (module docstring). Both give the same buffer.
+    """
+    return _buffer_update(buf, position, jnp.asarray(count, jnp.int32))
+
+
+def _record(buf: SampleBuffer, position: PyTree) -> SampleBuffer:
+    """Write ``position`` into the next ring slot and add it to the running sums (unconditionally)."""
+    slot = jnp.mod(buf.n_collected, buffer_size(buf))
+    samples = jax.tree_util.tree_map(
+        lambda s, x: jax.lax.dynamic_update_index_in_dim(s, x.astype(s.dtype), slot, 0), buf.samples, position)
+    sum1 = jax.tree_util.tree_map(lambda a, x: a + x, buf.sum1, position)
+    sum2 = jax.tree_util.tree_map(lambda a, x: a + x * x, buf.sum2, position)
+    return buf.replace(samples=samples, n_collected=buf.n_collected + 1, sum1=sum1, sum2=sum2)
+
+
+@jax.custom_batching.custom_vmap
+def _buffer_update(buf: SampleBuffer, position: PyTree, count: jax.Array) -> SampleBuffer:
+    return jax.lax.cond(should_collect(buf, count), _record, lambda b, _: b, buf, position)
+
+
+def _buffer_update_scratch(buf: SampleBuffer, position: PyTree, count: jax.Array) -> SampleBuffer:
+    """The select-free form for vmapped calls: one slot written every step, the scratch slot (with its own
+    content, so the buffer equals the unbatched one leaf for leaf) when not collected; sums += take·θ."""
     size = buffer_size(buf)
     take = should_collect(buf, count)
     slot = jnp.where(take, jnp.mod(buf.n_collected, size), size)
     samples = jax.tree_util.tree_map(
-        lambda s, x: jax.lax.dynamic_update_index_in_dim(s, x.astype(s.dtype), slot, 0),
+        lambda s, x: jax.lax.dynamic_update_index_in_dim(s, jnp.where(take, x.astype(s.dtype), s[size]), slot, 0),
         buf.samples, position)
     f = take.astype(jax.tree_util.tree_leaves(position)[0].dtype)
     sum1 = jax.tree_util.tree_map(lambda a, x: a + f * x, buf.sum1, position)
     sum2 = jax.tree_util.tree_map(lambda a, x: a + f * x * x, buf.sum2, position)
     return buf.replace(samples=samples, n_collected=buf.n_collected + take.astype(jnp.int32),
                        sum1=sum1, sum2=sum2)
+
+
+@_buffer_update.def_vmap
+def _buffer_update_vmap(axis_size: int, in_batched: list, buf: SampleBuffer, position: PyTree,
+                        count: jax.Array) -> tuple[SampleBuffer, Any]:
+    def batched(tree, flags):
+        return jax.tree_util.tree_map(
+            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x))), tree, flags)
+
+    args = [batched(a, f) for a, f in zip((buf, position, count), in_batched, strict=True)]
+    out = jax.vmap(_buffer_update_scratch)(*args)
+    return out, jax.tree_util.tree_map(lambda _: True, out)
 
 
 def buffer_weights(buf: SampleBuffer) -> jax.Array:
