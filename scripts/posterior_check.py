@@ -82,10 +82,10 @@ BOSTON_CONFIGS = {
 # batch size scaled (full batch stays full batch) and, on top, GAP_OVERRIDES (override strings; may use
 # "{n_train}" / "{inv_n_train}" of the gap data and "{sgmcmc_lr}" / "{em_mcmc_c2}", below).
 # SG-MCMC: the Boston config's step size is set by the step in units of the likelihood curvature,
-# ε·N/s² ≈ 0.02 (configs/sghmc_sa_boston.yaml); the gap run keeps that number, with the gap data's own N and
+# ε·N/s² ≈ 0.01 (configs/sghmc_sa_boston.yaml); the gap run keeps that number, with the gap data's own N and
 # noise variance s² (standardised: the generator's noise sd over the training targets' sd), "{sgmcmc_lr}".
-# At Boston's 2e-6 the gap chains (s² 13x smaller, N 4x smaller) ran at ε·N/s² ≈ 0.07: hot, predictive sd
-# on the training inputs 1.6x NUTS's.
+# At Boston's ε the gap chains (s² 13x smaller, N 4x smaller) would run at ε·N/s² ≈ 0.035 (at the earlier
+# 2e-6: 0.07, hot, predictive sd on the training inputs 1.6x NUTS's).
 # EM-MCMC likewise: its step per coordinate is τ C²/N on the energy N·lbar, whose curvature is ~N/v, so the step
 # in curvature units is τ C²/v. The Boston config's C² = 3e-3 at the noise variance it learns there (v ≈ 0.045
 # standardised, 0.039-0.056 over the chains of splits 0-2) is C²/v ≈ 0.067; the gap run keeps that number with
@@ -95,7 +95,7 @@ BOSTON_CONFIGS = {
 # training loss falls until ≈12,000 iterations and is flat from there; at 8,000 it is still 10x its final
 # value), so the budget is 32,000 full-batch iterations, the second half kept every 32 (500 samples per chain,
 # as on Boston; noise-variance R-hat across the 4 chains 1.15).
-SGMCMC_STEP_CURVATURE = 0.02
+SGMCMC_STEP_CURVATURE = 0.01
 EM_MCMC_STEP_CURVATURE = 3e-3 / 0.045
 GAP_OVERRIDES: dict[str, list[str]] = {
     "nuts": [],
