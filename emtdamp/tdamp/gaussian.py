@@ -19,7 +19,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import log_ndtr as _jax_log_ndtr
+import numpy as np
 
 LOG2PI = math.log(2.0 * math.pi)
 
@@ -156,19 +156,16 @@ def log_normal_pdf(x: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Array:
     return -0.5 * (LOG2PI + jnp.log(var) + (x - mean) ** 2 / var)
 
 
-def log_ndtr(a: jax.Array) -> jax.Array:
-    """``log Phi(a)`` accurate to a few ulp in the far left tail.
+def _ndtr_parts(a: jax.Array):
+    """The pieces shared by :func:`log_ndtr` and :func:`mills_ratio` (``a`` of a float dtype).
 
-    ``jax.scipy.special.log_ndtr`` truncates its left-tail asymptotic series after 3 terms (relative
-    error 2e-11 at a = -20 in float64, which the Mills ratio and then the truncated-normal variance
-    amplify). Below ``a = -19.5`` (float64) / ``-9.5`` (float32) we sum 12 terms of
-    ``log Phi(a) = log phi(a) - log|a| + log(sum_n (-1)^n (2n-1)!! a^(-2n))`` instead (the terms
-    decrease while ``n < a^2/2``, i.e. >= 50 terms at the switch, so 12 are far from divergence).
+    Returns ``(left, a_l, total, a_m, c, nd, upper)``: ``left = a < thr`` (the far left tail, where the
+    12-term series is used), ``a_l`` / ``a_m`` the arguments clamped into the series / the erfc region,
+    ``total = sum_n (-1)^n (2n-1)!! a_l^(-2n)``, ``c = erfc(|a_m| / sqrt 2)``, ``nd = Phi(a_m)`` from ``c``
+    and ``upper`` the threshold above which ``log Phi(a) = -c/2`` (jax.scipy's segments).
     """
-    a = jnp.asarray(a)
-    dtype = _float_dtype(a)
-    a = a.astype(dtype)
-    thr = -19.5 if jnp.finfo(dtype).bits >= 64 else -9.5
+    f64 = jnp.finfo(a.dtype).bits >= 64
+    thr = -19.5 if f64 else -9.5
     left = a < thr
     a_l = jnp.where(left, a, thr)
     t = 1.0 / (a_l * a_l)
@@ -177,34 +174,100 @@ def log_ndtr(a: jax.Array) -> jax.Array:
     for n in range(1, 13):
         term = -term * (2 * n - 1) * t
         total = total + term
-    series = -0.5 * a_l * a_l - 0.5 * LOG2PI - jnp.log(-a_l) + jnp.log(total)
-    return jnp.where(left, series, _jax_log_ndtr(jnp.where(left, thr, a)))
+    a_m = jnp.where(left, thr, a)
+    # Phi(a) = erfc(-a/sqrt 2)/2 from one erfc of |a|/sqrt 2 (the constant rounded as jax.scipy's ndtr
+    # rounds it: erfc(z) ~ exp(-z^2) amplifies an ulp of the constant 2 z^2 times)
+    c = jax.lax.erfc(jnp.abs(a_m) * np.asarray(0.5 * np.sqrt(2.0), a.dtype))
+    nd = jnp.where(a_m > 0, 1.0 - 0.5 * c, 0.5 * c)
+    return left, a_l, total, a_m, c, nd, (8.0 if f64 else 5.0)
+
+
+def log_ndtr(a: jax.Array) -> jax.Array:
+    """``log Phi(a)`` accurate to a few ulp in the far left tail.
+
+    ``jax.scipy.special.log_ndtr`` truncates its left-tail asymptotic series after 3 terms (relative
+    error 2e-11 at a = -20 in float64, which the Mills ratio and then the truncated-normal variance
+    amplify). Below ``a = -19.5`` (float64) / ``-9.5`` (float32) we sum 12 terms of
+    ``log Phi(a) = log phi(a) - log|a| + log(sum_n (-1)^n (2n-1)!! a^(-2n))`` instead (the terms
+    decrease while ``n < a^2/2``, i.e. >= 50 terms at the switch, so 12 are far from divergence).
+    Above the switch it is jax.scipy's formula (``log Phi(a)``, and ``-Phi(-a)`` above a = 8 / 5), with
+    ``Phi`` from a single ``erfc`` (jax.scipy evaluates ``erf`` and ``erfc`` and its own series everywhere
+    and selects) and one ``log`` shared by both branches.
+    """
+    a = jnp.asarray(a)
+    a = a.astype(_float_dtype(a))
+    left, a_l, total, a_m, c, nd, upper = _ndtr_parts(a)
+    lg = jnp.log(jnp.where(left, -a_l / total, nd))
+    return jnp.where(left, -0.5 * a_l * a_l - 0.5 * LOG2PI - lg, jnp.where(a_m > upper, -0.5 * c, lg))
+
+
+def log_ndtr_and_mills(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log Phi(a), phi(a) / Phi(a))``, the values of :func:`log_ndtr` and :func:`mills_ratio` from one
+    ``erfc``, one ``exp``, one ``log`` and one division (arrays of ``a``'s shape).
+
+    The Mills ratio is ``phi(a) / Phi(a)`` directly above the series switch (both factors are normal
+    numbers there: ``phi(-19.5) ~ 1e-83``, ``phi(-9.5) ~ 1e-20``) and ``|a| / sum_n (-1)^n (2n-1)!! a^(-2n)``
+    below it, which is ``exp(log phi - log Phi)`` with the series of :func:`log_ndtr` cancelled by hand.
+    """
+    a = jnp.asarray(a)
+    a = a.astype(_float_dtype(a))
+    left, a_l, total, a_m, c, nd, upper = _ndtr_parts(a)
+    phi = jnp.exp(-0.5 * a_m * a_m) * np.asarray(1.0 / math.sqrt(2.0 * math.pi), a.dtype)
+    lam = jnp.where(left, -a_l, phi) / jnp.where(left, total, nd)
+    lg = jnp.log(jnp.where(left, lam, nd))
+    lphi = jnp.where(left, -0.5 * a_l * a_l - 0.5 * LOG2PI - lg, jnp.where(a_m > upper, -0.5 * c, lg))
+    return lphi, lam
 
 
 def mills_ratio(a: jax.Array) -> jax.Array:
-    """``phi(a) / Phi(a)``, stable for very negative ``a`` (computed as ``exp(log phi - log Phi)``)."""
-    return jnp.exp(-0.5 * a * a - 0.5 * LOG2PI - log_ndtr(a))
+    """``phi(a) / Phi(a)``, stable for very negative ``a`` (:func:`log_ndtr_and_mills`)."""
+    return log_ndtr_and_mills(a)[1]
 
 
-def _truncated(m: jax.Array, v: jax.Array, sign: float):
-    """``(mean, mean - m, var, log_mass)`` of ``N(m, v)`` restricted to ``sign z > 0`` (see below)."""
+def _truncated_parts(m: jax.Array, v: jax.Array, sign: float):
+    """Truncated-normal pieces of ``N(m, v)`` on ``sign z > 0`` for :func:`_truncated` and the ReLU posterior.
+
+    Returns ``(offset, var, log_mass_quad, mass_num, mass_den, a, c)``: ``offset = mean - m``, the variance
+    (clipped below), and ``log P(sign z > 0) = log_mass_quad + log(mass_num / mass_den)`` (away from the
+    right tail, see :func:`_truncated`), with ``a = sign m / sqrt v`` and ``c = erfc(|a| / sqrt 2)``.
+
+    Below the asymptotic switch (``a < -5`` float32, ``-15`` float64) the mean and variance come from the
+    expansions ``a + lam = H(t) / |a|`` and ``1 - a lam - lam^2 = t V(t)``, ``t = 1/a^2``; below the series
+    switch of :func:`log_ndtr` (``-9.5`` / ``-19.5``) the log-mass is ``log phi(a) - log lam`` with the same
+    ``lam = H(t)/|a| - a`` (its 10-term expansion is accurate to 3e-10 relative at a = -9.5 and 1e-15 at
+    -19.5, as the 12-term series of :func:`log_ndtr`). Elsewhere ``Phi(a)`` and ``lam = phi(a) / Phi(a)``
+    come from one ``erfc`` and one ``exp``.
+    """
     dtype = _float_dtype(v)
+    f64 = jnp.finfo(dtype).bits >= 64
     lo, _ = bounds(dtype)
     s = jnp.sqrt(v)
     a = sign * m / s
-    lam = mills_ratio(a)
-    offset = sign * s * lam
-    mean = m + offset
-    vfac = 1.0 - a * lam - lam * lam
-    thr = _ASYMPTOTIC_A if jnp.finfo(dtype).bits < 64 else _ASYMPTOTIC_A64
+    thr_series = -19.5 if f64 else -9.5
+    left = a < thr_series
+    a_m = jnp.where(left, thr_series, a)
+    c = jax.lax.erfc(jnp.abs(a_m) * np.asarray(0.5 * np.sqrt(2.0), dtype))
+    nd = jnp.where(a_m > 0, 1.0 - 0.5 * c, 0.5 * c)
+    lam = jnp.exp(-0.5 * a_m * a_m) * np.asarray(1.0 / math.sqrt(2.0 * math.pi), dtype) / nd
+    thr = _ASYMPTOTIC_A64 if f64 else _ASYMPTOTIC_A
     asym = a < thr
     a_s = jnp.where(asym, a, thr)
     t = 1.0 / (a_s * a_s)
     shift = _horner(_SHIFT_COEFFS, t) / jnp.abs(a_s)  # = a + lam
-    mean = jnp.where(asym, sign * s * shift, mean)
-    offset = jnp.where(asym, sign * s * shift - m, offset)
-    vfac = jnp.where(asym, t * _horner(_VFAC_COEFFS, t), vfac)
-    return mean, offset, v * jnp.maximum(vfac, lo), log_ndtr(a)
+    offset = jnp.where(asym, sign * s * shift - m, sign * s * lam)
+    vfac = jnp.where(asym, t * _horner(_VFAC_COEFFS, t), 1.0 - a * lam - lam * lam)
+    quad = jnp.where(left, -0.5 * a * a - 0.5 * LOG2PI, 0.0)
+    num = jnp.where(left, 1.0, nd)
+    den = jnp.where(left, shift - a_s, 1.0)
+    return offset, v * jnp.maximum(vfac, lo), quad, num, den, a, c
+
+
+def _truncated(m: jax.Array, v: jax.Array, sign: float):
+    """``(mean, mean - m, var, log_mass)`` of ``N(m, v)`` restricted to ``sign z > 0`` (see below)."""
+    offset, var, quad, num, den, a, c = _truncated_parts(m, v, sign)
+    upper = 8.0 if jnp.finfo(_float_dtype(v)).bits >= 64 else 5.0   # jax.scipy: log Phi(a) = -Phi(-a) above
+    log_mass = jnp.where(a > upper, -0.5 * c, quad + jnp.log(num / den))
+    return m + offset, offset, var, log_mass
 
 
 def truncated_normal_moments(m: jax.Array, v: jax.Array, sign: float) -> tuple[jax.Array, jax.Array,
@@ -268,16 +331,24 @@ def relu_posterior_offset(p: jax.Array, vp: jax.Array, r: jax.Array, vr: jax.Arr
     """
     lo, hi = bounds(_float_dtype(vp))
     vr = jnp.minimum(vr, hi)
-    tot = vp + vr
-    _, dn, vn, lmn = _truncated(p, vp, -1.0)  # negative branch: E- = p + dn
-    vpl = vp * vr / tot
-    dpl = (r - p) * (vp / tot)  # m+ - p
-    _, dpp, vpos, lmp = _truncated(p + dpl, vpl, 1.0)  # positive branch: E+ = p + dpl + dpp
-    # log N(p; r, vp+vr) - log N(0; r, vr) in cancellation-free form: with a weak backward message
-    # (vr at the clip, |r| ~ 1e10) each log-density is ~1e11 and their float32 difference is noise.
-    log_ratio = -0.5 * jnp.log1p(vp / vr) - 0.5 * (p * (p - 2.0 * r) / tot - vp * (r / vr) * (r / tot))
-    wpos = jax.nn.sigmoid(log_ratio + lmp - lmn)
-    wneg = jax.nn.sigmoid(-(log_ratio + lmp - lmn))
+    inv_tot = 1.0 / (vp + vr)
+    inv_vr = 1.0 / vr
+    dn, vn, qn, num_n, den_n, _, _ = _truncated_parts(p, vp, -1.0)  # negative branch: E- = p + dn
+    vpl = vp * vr * inv_tot
+    dpl = (r - p) * (vp * inv_tot)  # m+ - p
+    dpp, vpos, qp, num_p, den_p, _, _ = _truncated_parts(p + dpl, vpl, 1.0)  # positive branch: E+ = p + dpl + dpp
+    # log w+/w- = log N(p; r, vp+vr) - log N(0; r, vr) + log P+ - log P-, with the first difference in
+    # cancellation-free form (a weak backward message, vr at the clip and |r| ~ 1e10, makes each
+    # log-density ~1e11 and their float32 difference noise), -log1p(vp/vr)/2 = log(1/sqrt(1 + vp/vr)) and the
+    # three logarithms taken as one: log P = quad + log(num/den) for both branches.
+    ratio = (num_p * den_n) / (den_p * num_n * jnp.sqrt(1.0 + vp * inv_vr))
+    d = qp - qn + jnp.log(ratio) - 0.5 * (p * (p - 2.0 * r) * inv_tot - vp * (r * inv_vr) * (r * inv_tot))
+    # w+ = sigmoid(d), w- = sigmoid(-d) from one exp
+    e = jnp.exp(-jnp.abs(d))
+    inv = 1.0 / (1.0 + e)
+    pos = d >= 0
+    wpos = jnp.where(pos, 1.0, e) * inv
+    wneg = jnp.where(pos, e, 1.0) * inv
     d_pos = dpl + dpp
     dz = wneg * dn + wpos * d_pos
     vz = wneg * vn + wpos * vpos + wneg * wpos * (d_pos - dn) ** 2
