@@ -21,9 +21,10 @@ import jax.numpy as jnp
 
 from emtdamp.tdamp.bernoulli import Bernoulli
 from emtdamp.tdamp.bernoulli import product as bern_product
-from emtdamp.tdamp.gaussian import Gaussian, clip_var
+from emtdamp.tdamp.gaussian import Gaussian, _finite, bounds, clip_var
 from emtdamp.tdamp.gaussian import product as gauss_product
 from emtdamp.tdamp.module_a import weight_llr
+from emtdamp.tdamp.state import LayerState
 
 
 def group_evidence(llr: jax.Array) -> jax.Array:
@@ -73,3 +74,55 @@ def denoise_bias(lik: Gaussian, b0: jax.Array, vb0: jax.Array) -> tuple[jax.Arra
     """Gaussian bias posterior ``N(b0, vb0) x N(q_b, v_qb)``: mean and variance ``(N_out,)``."""
     post = gauss_product(Gaussian.from_mean_var(b0, vb0), lik)
     return post.mean, clip_var(post.var)
+
+
+def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, u_s: jax.Array, beta: float
+                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Module A's likelihood message to the weights, the turbo exchange and the damped denoiser of one layer.
+
+    The same values (up to float rounding) as :func:`emtdamp.tdamp.module_a.message_to_weights`, then
+    :func:`denoise_weights` and the damping ``W <- beta W_new + (1 - beta) W``,
+    ``VW <- max(beta VW_new + (1 - beta) VW, lo)``, written for few passes over the weight-sized arrays: one
+    reciprocal per quantity instead of the chain of clipped natural-parameter conversions, the weight llr
+    from the precisions (``s0 / V_Q = s0 prec_Q``), and ``VW_new = pi v+ + pi (1 - pi) m+^2`` with
+    ``1 - pi`` taken from the logit (the form ``pi (v+ + m+^2) - (pi m+)^2`` cancels in float32 when
+    ``pi ~ 1`` and ``m+^2 >> v+``).
+
+    Parameters
+    ----------
+    layer: the layer's state (``W, VW, mu0, s0, rho, mask``).
+    uu_ts, tu_ts, u_s: ``(N_in, N_out)`` the products ``(U^2)^T T_S``, ``T_U^T T_S`` (None for known
+        inputs) and ``U^T S``.
+    beta: damping.
+
+    Returns
+    -------
+    W, VW: ``(N_in, N_out)`` damped posterior mean / variance; slab_m, slab_v: ``(N_in, N_out)`` slab
+    posterior; pi: ``(N_in,)`` masked group posterior; evidence: ``(N_in,)`` the group log-evidence ``Lambda``.
+    """
+    lo, hi = bounds(layer.W.dtype)
+    W, mu0, s0 = layer.W, layer.mu0, layer.s0
+    prec_c = jnp.maximum(uu_ts, lo)
+    corr = prec_c if tu_ts is None else prec_c - tu_ts
+    # Q, m+ and v+ are each read by several consumers; written as divisions (not products with a shared
+    # reciprocal) XLA materialises them once instead of re-deriving them from their inputs in every consumer
+    Q = _finite((W * corr + u_s) / prec_c)     # message mean, V_Q = 1 / pq
+    pq = jnp.minimum(prec_c, hi)               # its (clipped) precision
+    # weight llr (module_a.weight_llr with V_Q = 1/pq): s0/V_Q = x, 1/(s0 + V_Q) = pq/(1 + x); the row sums
+    # as a matrix-vector product (XLA's CPU reduction of a fused (N_in, N_out) expression is 2-3x slower)
+    x = s0 * pq
+    llr = -0.5 * jnp.log1p(x) - 0.5 * (mu0 * (mu0 - 2.0 * Q) - x * Q * Q) * (pq / (1.0 + x))
+    lam = llr @ jnp.ones(llr.shape[1:], llr.dtype)
+    post = group_posterior(layer.rho, lam, layer.mask)
+    pi = post.prob * layer.mask
+    one_m_pi = jax.nn.sigmoid(-post.logit) * layer.mask + (1.0 - layer.mask)
+    # slab posterior N(mu0, s0) x N(Q, 1/pq) (gaussian.product of the two clipped messages)
+    p0 = clip_var(1.0 / clip_var(s0))
+    prec = clip_var(p0 + pq)
+    v_pl = 1.0 / prec
+    m_pl = _finite((_finite(mu0 * p0) + _finite(Q * pq)) / prec)
+    W_new = pi[:, None] * m_pl
+    VW_new = pi[:, None] * v_pl + (pi * one_m_pi)[:, None] * (m_pl * m_pl)
+    W = beta * W_new + (1.0 - beta) * W
+    VW = jnp.maximum(beta * VW_new + (1.0 - beta) * layer.VW, lo)
+    return W, VW, m_pl, v_pl, pi, lam

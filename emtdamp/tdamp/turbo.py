@@ -25,22 +25,24 @@ def _output(hp: TdampHParams, P, VP, y, v, w):
     return module_a.probit_output(P, VP, y, v, w)
 
 
-def _damp_iteration(hp: TdampHParams, x, y, w, v, carry):
+def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
     """One forward + backward sweep.
 
     ``carry = (layers, S_prev, R, VR, lam_sum, stat, count, P_L, VP_L, bias_post)``; ``bias_post`` is the
     per-layer undamped bias posterior ``(mean, var)`` and group log-evidence ``Lambda`` of the iteration
-    (the bias and support sites for the "once" evidence bookkeeping).
+    (the bias and support sites for the "once" evidence bookkeeping). ``first``: the first iteration of a
+    minibatch, whose ``S_prev`` is zero (no Onsager term, :func:`module_a.forward_layer`).
     """
     layers, S_prev, R, VR, lam_sum = carry[:5]
     L = len(layers)
     beta = hp.beta
-    lo, _ = bounds(x.dtype)
+    # W * W of the layers with unknown inputs (forward T_U W^2 and backward T_S (W^2)^T share it)
+    W2 = [None] + [lay.W * lay.W for lay in layers[1:]]
     # ---- forward sweep ----------------------------------------------------------------------
     U, TU = [x], [None]
     P, VP = [None] * L, [None] * L
     for l in range(L):
-        P[l], VP[l], _ = module_a.forward_layer(layers[l], U[l], TU[l], S_prev[l])
+        P[l], VP[l], _ = module_a.forward_layer(layers[l], U[l], TU[l], None if first else S_prev[l], W2[l])
         if l < L - 1:
             _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l])
             U.append(u)
@@ -57,19 +59,14 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry):
         S_prev[l] = S
         layer = layers[l]
         if l > 0:
-            R[l - 1], VR[l - 1] = module_a.message_to_input(layer, U[l], S, TS)
-        lik_w, lik_b = module_a.message_to_weights(layer, U[l], TU[l], S, TS)
-        W_n, VW_n, m_pl, v_pl, pi, lam = module_b.denoise_weights(lik_w, layer.mu0, layer.s0, layer.rho,
-                                                                  layer.mask)
-        b_n, vb_n = module_b.denoise_bias(lik_b, layer.b0, layer.vb0)
+            R[l - 1], VR[l - 1] = module_a.message_to_input(layer, U[l], S, TS, W2[l])
+        W_n, VW_n, m_pl, v_pl, pi, lam = module_b.denoise_layer(
+            layer, *module_a.weight_products(U[l], TU[l], S, TS), beta)
+        b_n, vb_n = module_b.denoise_bias(module_a.bias_message(layer.b, S, TS), layer.b0, layer.vb0)
         lam_sum[l] = lam_sum[l] + lam
         bias_post[l] = (b_n, vb_n, lam)
-        layers[l] = layer.replace(
-            W=beta * W_n + (1.0 - beta) * layer.W,
-            VW=jnp.maximum(beta * VW_n + (1.0 - beta) * layer.VW, lo),
-            b=beta * b_n + (1.0 - beta) * layer.b,
-            vb=beta * vb_n + (1.0 - beta) * layer.vb,
-            slab_m=m_pl, slab_v=v_pl, pi=pi)
+        layers[l] = layer.replace(W=W_n, VW=VW_n, b=beta * b_n + (1.0 - beta) * layer.b,
+                                  vb=beta * vb_n + (1.0 - beta) * layer.vb, slab_m=m_pl, slab_v=v_pl, pi=pi)
     return (layers, S_prev, R, VR, lam_sum, stat, count, P[L - 1], VP[L - 1], bias_post)
 
 
@@ -103,8 +100,10 @@ def _damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdam
     bias_post = [(lay.b0, lay.vb0, jnp.zeros_like(lay.lam_acc)) for lay in layers]
     carry = (layers, S_prev, R, VR, lam_sum, zero, zero, jnp.zeros((B, K), dtype), jnp.ones((B, K), dtype),
              bias_post)
-    body = lambda _, c: _damp_iteration(hparams, x, y, w, state.v, c)
-    carry = jax.lax.fori_loop(0, hparams.n_iter, body, carry)
+    carry = _damp_iteration(hparams, x, y, w, state.v, carry, first=True)
+    if hparams.n_iter > 1:
+        body = lambda _, c: _damp_iteration(hparams, x, y, w, state.v, c)
+        carry = jax.lax.fori_loop(1, hparams.n_iter, body, carry)
     layers, _, _, _, lam_sum, stat, count, P_L, VP_L, bias_post = carry
     layers = [lay.replace(lam_acc=lay.lam_acc + ls) for lay, ls in zip(layers, lam_sum, strict=True)]
     return state.replace(layers=layers), ZStats(P=P_L, VP=VP_L, y=y, w=w), stat, count, bias_post
@@ -240,7 +239,7 @@ def forward_moments(state: TdampState, x: jax.Array, plug_in: bool = False) -> t
     L = len(state.layers)
     P = VP = None
     for l, lay in enumerate(state.layers):
-        P, VP, _ = module_a.forward_layer(lay, U, TU, jnp.zeros((), dtype))
+        P, VP, _ = module_a.forward_layer(lay, U, TU, None)
         if l < L - 1:
             if plug_in:
                 U, TU = jnp.maximum(P, 0.0), None
