@@ -125,10 +125,11 @@ def probit_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array) -> j
     return jnp.sum(log_ndtr(mu / jnp.sqrt(v + s)) * mask, axis=1)
 
 
-def hidden_output(P: jax.Array, VP: jax.Array, R: jax.Array, VR: jax.Array, w: jax.Array
+def hidden_output(P: jax.Array, VP: jax.Array, R: jax.Array, VR: jax.Array, w: jax.Array, neg: tuple | None = None
                   ) -> tuple[jax.Array, jax.Array]:
-    """``S, T_S`` of a hidden layer from its ReLU node posterior (spec 2.3 backward, l < L)."""
-    dz, vz, _, _ = relu_posterior_offset(P, VP, R, VR)
+    """``S, T_S`` of a hidden layer from its ReLU node posterior (spec 2.3 backward, l < L); ``neg``: the
+    forward sweep's :func:`emtdamp.tdamp.gaussian.relu_negative_branch` of ``(P, VP)``."""
+    dz, vz, _, _ = relu_posterior_offset(P, VP, R, VR, neg)
     inv = 1.0 / VP
     wc = w[:, None]
     return dz * inv * wc, jnp.maximum((1.0 - vz * inv) * inv, 0.0) * wc

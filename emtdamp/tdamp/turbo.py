@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from emtdamp.tdamp import em, evidence, module_a, module_b
 from emtdamp.tdamp.class_probs import class_probs
-from emtdamp.tdamp.gaussian import bounds, clip_var, relu_posterior
+from emtdamp.tdamp.gaussian import bounds, clip_var, relu_negative_branch, relu_posterior
 from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, ZStats, initial_slab_var
 
 
@@ -40,11 +40,12 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
     W2 = [None] + [lay.W * lay.W for lay in layers[1:]]
     # ---- forward sweep ----------------------------------------------------------------------
     U, TU = [x], [None]
-    P, VP = [None] * L, [None] * L
+    P, VP, neg = [None] * L, [None] * L, [None] * L
     for l in range(L):
         P[l], VP[l], _ = module_a.forward_layer(layers[l], U[l], TU[l], None if first else S_prev[l], W2[l])
         if l < L - 1:
-            _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l])
+            neg[l] = relu_negative_branch(P[l], VP[l])   # shared with the backward sweep's posterior
+            _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l], neg[l])
             U.append(u)
             TU.append(tu)
     # ---- backward sweep ---------------------------------------------------------------------
@@ -55,7 +56,7 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
         if l == L - 1:
             S, TS, stat, count = _output(hp, P[l], VP[l], y, v, w)
         else:
-            S, TS = module_a.hidden_output(P[l], VP[l], R[l], VR[l], w)
+            S, TS = module_a.hidden_output(P[l], VP[l], R[l], VR[l], w, neg[l])
         S_prev[l] = S
         layer = layers[l]
         if l > 0:
