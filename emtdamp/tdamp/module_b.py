@@ -76,7 +76,18 @@ def denoise_bias(lik: Gaussian, b0: jax.Array, vb0: jax.Array) -> tuple[jax.Arra
     return post.mean, clip_var(post.var)
 
 
-def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, u_s: jax.Array, beta: float
+def after(x: jax.Array, dep: jax.Array) -> jax.Array:
+    """``x`` made data-dependent on ``dep`` (``x + 0 * dep[0, ..., 0]``; equal to ``x`` for finite ``dep``).
+
+    XLA updates a loop-carried array (the state inside the epoch's ``scan``) in place only when every reader
+    of its old value is an ancestor of the new value; otherwise it copies the whole array first. Tying the
+    new value to a result computed from the old one's last readers (``dep``) removes those copies.
+    """
+    return x + jnp.zeros((), x.dtype) * dep.reshape(-1)[0]
+
+
+def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, u_s: jax.Array, beta: float,
+                  dep: jax.Array | None = None
                   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Module A's likelihood message to the weights, the turbo exchange and the damped denoiser of one layer.
 
@@ -94,6 +105,8 @@ def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, 
     uu_ts, tu_ts, u_s: ``(N_in, N_out)`` the products ``(U^2)^T T_S``, ``T_U^T T_S`` (None for known
         inputs) and ``U^T S``.
     beta: damping.
+    dep: optional array computed from the old ``W, VW`` by their other readers (the message to the layer
+        input); the new ``W, VW`` are made to depend on it (:func:`after`).
 
     Returns
     -------
@@ -120,9 +133,11 @@ def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, 
     p0 = clip_var(1.0 / clip_var(s0))
     prec = clip_var(p0 + pq)
     v_pl = 1.0 / prec
-    m_pl = _finite((_finite(mu0 * p0) + _finite(Q * pq)) / prec)
+    m_pl = (_finite(mu0 * p0) + _finite(Q * pq)) / prec   # |m+| <= 2 max(|mu0|, |Q|): finite
     W_new = pi[:, None] * m_pl
     VW_new = pi[:, None] * v_pl + (pi * one_m_pi)[:, None] * (m_pl * m_pl)
     W = beta * W_new + (1.0 - beta) * W
     VW = jnp.maximum(beta * VW_new + (1.0 - beta) * layer.VW, lo)
+    if dep is not None:
+        W, VW = after(W, dep), after(VW, dep)
     return W, VW, m_pl, v_pl, pi, lam

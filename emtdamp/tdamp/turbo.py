@@ -62,7 +62,7 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
         if l > 0:
             R[l - 1], VR[l - 1] = module_a.message_to_input(layer, U[l], S, TS, W2[l])
         W_n, VW_n, m_pl, v_pl, pi, lam = module_b.denoise_layer(
-            layer, *module_a.weight_products(U[l], TU[l], S, TS), beta)
+            layer, *module_a.weight_products(U[l], TU[l], S, TS), beta, R[l - 1] if l > 0 else None)
         b_n, vb_n = module_b.denoise_bias(module_a.bias_message(layer.b, S, TS), layer.b0, layer.vb0)
         lam_sum[l] = lam_sum[l] + lam
         bias_post[l] = (b_n, vb_n, lam)
@@ -177,7 +177,9 @@ def pasp(state: TdampState, hparams: TdampHParams) -> TdampState:
         s_init = initial_slab_var(hparams, lay.W.shape[0])
         prec = clip_var(lf / lay.slab_v + (1.0 - lf) / s_init)
         precb = clip_var(lf / lay.vb + (1.0 - lf) / hparams.sigmab0_sq)
-        layers.append(lay.replace(mu0=(lf / lay.slab_v) * lay.slab_m / prec, s0=clip_var(1.0 / prec),
+        # (after the group evidence, whose llr reads the old prior: in-place update, module_b.after)
+        layers.append(lay.replace(mu0=module_b.after((lf / lay.slab_v) * lay.slab_m / prec, lay.lam_acc),
+                                  s0=module_b.after(clip_var(1.0 / prec), lay.lam_acc),
                                   b0=(lf / lay.vb) * lay.b / precb, vb0=clip_var(1.0 / precb)))
     return state.replace(layers=layers)
 
