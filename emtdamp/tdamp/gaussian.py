@@ -269,8 +269,9 @@ def _truncated_parts(m: jax.Array, v: jax.Array, sign: float):
     thr = _ASYMPTOTIC_A64 if f64 else _ASYMPTOTIC_A
     asym = a < thr
     a_s = jnp.where(asym, a, thr)
-    t = 1.0 / (a_s * a_s)
-    shift = _horner(_SHIFT_COEFFS, t) / jnp.abs(a_s)  # = a + lam
+    inv_a = -1.0 / a_s                                  # 1/|a| (a_s <= thr < 0)
+    t = inv_a * inv_a
+    shift = _horner(_SHIFT_COEFFS, t) * inv_a           # = a + lam
     offset = jnp.where(asym, sign * s * shift - m, sign * s * lam)
     vfac = jnp.where(asym, t * _horner(_VFAC_COEFFS, t), 1.0 - a * lam - lam * lam)
     quad = jnp.where(left, -0.5 * a * a - 0.5 * LOG2PI, 0.0)

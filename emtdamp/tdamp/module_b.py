@@ -93,15 +93,20 @@ def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, 
 
     The same values (up to float rounding) as :func:`emtdamp.tdamp.module_a.message_to_weights`, then
     :func:`denoise_weights` and the damping ``W <- beta W_new + (1 - beta) W``,
-    ``VW <- max(beta VW_new + (1 - beta) VW, lo)``, written for few passes over the weight-sized arrays: one
-    reciprocal per quantity instead of the chain of clipped natural-parameter conversions, the weight llr
-    from the precisions (``s0 / V_Q = s0 prec_Q``), and ``VW_new = pi v+ + pi (1 - pi) m+^2`` with
-    ``1 - pi`` taken from the logit (the form ``pi (v+ + m+^2) - (pi m+)^2`` cancels in float32 when
-    ``pi ~ 1`` and ``m+^2 >> v+``).
+    ``VW <- max(beta VW_new + (1 - beta) VW, lo)``, written for few passes over the weight-sized arrays and
+    few divisions:
+
+    * the message ``N(Q, 1/pq)``, ``pq = clip(prec)``, and the weight llr from the precisions
+      (``s0 / V_Q = s0 pq``, ``1/(s0 + V_Q) = pq/(1 + s0 pq)``);
+    * the slab posterior ``N(mu0, s0) x N(Q, 1/pq)`` without the prior precision ``p0 = 1/s0``: with
+      ``x = s0 pq`` and ``den = s0 clip(p0 + pq) = min(1 + x, s0 hi)`` (``p0 + pq >= 2 lo``, so only the upper
+      clip can act), ``m+ = (mu0 + Q x) / den`` and ``v+ = s0 / den``;
+    * ``VW_new = pi v+ + pi (1 - pi) m+^2`` with ``1 - pi`` taken from the logit (the form
+      ``pi (v+ + m+^2) - (pi m+)^2`` cancels in float32 when ``pi ~ 1`` and ``m+^2 >> v+``).
 
     Parameters
     ----------
-    layer: the layer's state (``W, VW, mu0, s0, rho, mask``).
+    layer: the layer's state (``W, VW, mu0, s0, rho, mask``; ``s0`` clipped to the dtype's interval).
     uu_ts, tu_ts, u_s: ``(N_in, N_out)`` the products ``(U^2)^T T_S``, ``T_U^T T_S`` (None for known
         inputs) and ``U^T S``.
     beta: damping.
@@ -123,17 +128,19 @@ def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, 
     pq = jnp.minimum(prec_c, hi)               # its (clipped) precision
     # weight llr (module_a.weight_llr with V_Q = 1/pq): s0/V_Q = x, 1/(s0 + V_Q) = pq/(1 + x); the row sums
     # as a matrix-vector product (XLA's CPU reduction of a fused (N_in, N_out) expression is 2-3x slower)
-    x = s0 * pq
-    llr = -0.5 * jnp.log1p(x) - 0.5 * (mu0 * (mu0 - 2.0 * Q) - x * Q * Q) * (pq / (1.0 + x))
+    x_llr = s0 * pq
+    llr = -0.5 * jnp.log1p(x_llr) - 0.5 * (mu0 * (mu0 - 2.0 * Q) - x_llr * Q * Q) * (pq / (1.0 + x_llr))
     lam = llr @ jnp.ones(llr.shape[1:], llr.dtype)
     post = group_posterior(layer.rho, lam, layer.mask)
     pi = post.prob * layer.mask
     one_m_pi = jax.nn.sigmoid(-post.logit) * layer.mask + (1.0 - layer.mask)
-    # slab posterior N(mu0, s0) x N(Q, 1/pq) (gaussian.product of the two clipped messages)
-    p0 = clip_var(1.0 / clip_var(s0))
-    prec = clip_var(p0 + pq)
-    v_pl = 1.0 / prec
-    m_pl = (_finite(mu0 * p0) + _finite(Q * pq)) / prec   # |m+| <= 2 max(|mu0|, |Q|): finite
+    # slab posterior (gaussian.product of N(mu0, s0) and N(Q, 1/pq), both clipped), scaled by s0
+    s0c = clip_var(s0)
+    x = s0c * pq
+    den = jnp.minimum(1.0 + x, s0c * hi)
+    eta = _finite(mu0 + Q * x)                 # s0 x (natural mean of the slab posterior)
+    v_pl = s0c / den
+    m_pl = eta / den
     W_new = pi[:, None] * m_pl
     VW_new = pi[:, None] * v_pl + (pi * one_m_pi)[:, None] * (m_pl * m_pl)
     W = beta * W_new + (1.0 - beta) * W

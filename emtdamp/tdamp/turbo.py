@@ -38,14 +38,16 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
     beta = hp.beta
     # W * W of the layers with unknown inputs (forward T_U W^2 and backward T_S (W^2)^T share it)
     W2 = [None] + [lay.W * lay.W for lay in layers[1:]]
-    # ---- forward sweep ----------------------------------------------------------------------
+    # ---- forward sweep (jax.named_scope labels name the parts in profiles and HLO dumps) ------
     U, TU = [x], [None]
     P, VP, neg = [None] * L, [None] * L, [None] * L
     for l in range(L):
-        P[l], VP[l], _ = module_a.forward_layer(layers[l], U[l], TU[l], None if first else S_prev[l], W2[l])
+        with jax.named_scope(f"forward_{l}"):
+            P[l], VP[l], _ = module_a.forward_layer(layers[l], U[l], TU[l], None if first else S_prev[l], W2[l])
         if l < L - 1:
-            neg[l] = relu_negative_branch(P[l], VP[l])   # shared with the backward sweep's posterior
-            _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l], neg[l])
+            with jax.named_scope(f"relu_forward_{l}"):
+                neg[l] = relu_negative_branch(P[l], VP[l])   # shared with the backward sweep's posterior
+                _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l], neg[l])
             U.append(u)
             TU.append(tu)
     # ---- backward sweep ---------------------------------------------------------------------
@@ -54,16 +56,21 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
     stat = count = None
     for l in reversed(range(L)):
         if l == L - 1:
-            S, TS, stat, count = _output(hp, P[l], VP[l], y, v, w)
+            with jax.named_scope("output"):
+                S, TS, stat, count = _output(hp, P[l], VP[l], y, v, w)
         else:
-            S, TS = module_a.hidden_output(P[l], VP[l], R[l], VR[l], w, neg[l])
+            with jax.named_scope(f"relu_backward_{l}"):
+                S, TS = module_a.hidden_output(P[l], VP[l], R[l], VR[l], w, neg[l])
         S_prev[l] = S
         layer = layers[l]
         if l > 0:
-            R[l - 1], VR[l - 1] = module_a.message_to_input(layer, U[l], S, TS, W2[l])
-        W_n, VW_n, m_pl, v_pl, pi, lam = module_b.denoise_layer(
-            layer, *module_a.weight_products(U[l], TU[l], S, TS), beta, R[l - 1] if l > 0 else None)
-        b_n, vb_n = module_b.denoise_bias(module_a.bias_message(layer.b, S, TS), layer.b0, layer.vb0)
+            with jax.named_scope(f"message_to_input_{l}"):
+                R[l - 1], VR[l - 1] = module_a.message_to_input(layer, U[l], S, TS, W2[l])
+        with jax.named_scope(f"weights_{l}"):
+            W_n, VW_n, m_pl, v_pl, pi, lam = module_b.denoise_layer(
+                layer, *module_a.weight_products(U[l], TU[l], S, TS), beta, R[l - 1] if l > 0 else None)
+        with jax.named_scope(f"bias_{l}"):
+            b_n, vb_n = module_b.denoise_bias(module_a.bias_message(layer.b, S, TS), layer.b0, layer.vb0)
         lam_sum[l] = lam_sum[l] + lam
         bias_post[l] = (b_n, vb_n, lam)
         layers[l] = layer.replace(W=W_n, VW=VW_n, b=beta * b_n + (1.0 - beta) * layer.b,
@@ -177,9 +184,10 @@ def pasp(state: TdampState, hparams: TdampHParams) -> TdampState:
         s_init = initial_slab_var(hparams, lay.W.shape[0])
         prec = clip_var(lf / lay.slab_v + (1.0 - lf) / s_init)
         precb = clip_var(lf / lay.vb + (1.0 - lf) / hparams.sigmab0_sq)
-        # (after the group evidence, whose llr reads the old prior: in-place update, module_b.after)
-        layers.append(lay.replace(mu0=module_b.after((lf / lay.slab_v) * lay.slab_m / prec, lay.lam_acc),
-                                  s0=module_b.after(clip_var(1.0 / prec), lay.lam_acc),
+        # in-place updates (module_b.after): mu0 after the group evidence (its llr reads the old prior) and
+        # s0 after the new mu0 (which reads slab_m, whose computation reads the old s0)
+        mu0 = module_b.after((lf / lay.slab_v) * lay.slab_m / prec, lay.lam_acc)
+        layers.append(lay.replace(mu0=mu0, s0=module_b.after(clip_var(1.0 / prec), mu0),
                                   b0=(lf / lay.vb) * lay.b / precb, vb0=clip_var(1.0 / precb)))
     return state.replace(layers=layers)
 
@@ -219,7 +227,8 @@ def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: Tda
     if once:
         state = record_sites_once(state, bias_post, rows)
     elif hparams.pasp:
-        state = pasp(state, hparams)
+        with jax.named_scope("pasp"):
+            state = pasp(state, hparams)
     state = state.replace(v_stat=stat, v_count=count, v_stat_acc=state.v_stat_acc + stat,
                           v_count_acc=state.v_count_acc + count, count=state.count + 1)
     wsum = jnp.maximum(jnp.sum(zs.w), 1.0)
