@@ -99,14 +99,15 @@ def group_evidence_from_message(Q: jax.Array, pq: jax.Array, mu0: jax.Array, s0:
     return llr @ jnp.ones(llr.shape[1:], llr.dtype)
 
 
-def after(x: jax.Array, dep: jax.Array) -> jax.Array:
-    """``x`` made data-dependent on ``dep`` (``x + 0 * dep[0, ..., 0]``; equal to ``x`` for finite ``dep``).
+def after(x: jax.Array, *deps: jax.Array) -> jax.Array:
+    """``x`` made data-dependent on ``deps`` (``x + 0 * (d[0, ..., 0] + ...)``; equal to ``x`` for finite ``deps``).
 
     XLA updates a loop-carried array (the state inside the epoch's ``scan``) in place only when every reader
     of its old value is an ancestor of the new value; otherwise it copies the whole array first. Tying the
-    new value to a result computed from the old one's last readers (``dep``) removes those copies.
+    new value to results computed by the old one's other readers (``deps``; best arrays XLA materialises
+    anyway, so that the tie reads one element of a buffer) removes those copies.
     """
-    return x + jnp.zeros((), x.dtype) * dep.reshape(-1)[0]
+    return x + jnp.zeros((), x.dtype) * sum(d.reshape(-1)[0] for d in deps)
 
 
 def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, u_s: jax.Array, beta: float,

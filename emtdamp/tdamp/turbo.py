@@ -184,10 +184,11 @@ def pasp(state: TdampState, hparams: TdampHParams) -> TdampState:
         s_init = initial_slab_var(hparams, lay.W.shape[0])
         prec = clip_var(lf / lay.slab_v + (1.0 - lf) / s_init)
         precb = clip_var(lf / lay.vb + (1.0 - lf) / hparams.sigmab0_sq)
-        # in-place updates (module_b.after): mu0 after the group evidence (its llr reads the old prior) and
-        # s0 after the new mu0 (which reads slab_m, whose computation reads the old s0)
+        # in-place updates (module_b.after): after the group evidence (its llr reads the old prior) and the
+        # slab posterior (whose computation reads the old prior)
         mu0 = module_b.after((lf / lay.slab_v) * lay.slab_m / prec, lay.lam_acc)
-        layers.append(lay.replace(mu0=mu0, s0=module_b.after(clip_var(1.0 / prec), mu0),
+        s0 = module_b.after(clip_var(1.0 / prec), lay.lam_acc, lay.slab_m, lay.slab_v)
+        layers.append(lay.replace(mu0=mu0, s0=s0,
                                   b0=(lf / lay.vb) * lay.b / precb, vb0=clip_var(1.0 / precb)))
     return state.replace(layers=layers)
 
