@@ -81,7 +81,7 @@ class Gaussian:
         mean = jnp.asarray(mean)
         var = jnp.asarray(var, mean.dtype)
         prec = clip_var(1.0 / clip_var(var))
-        return Gaussian(eta=_finite(mean * prec), prec=prec)
+        return Gaussian(eta=clip_finite(mean * prec), prec=prec)
 
     @staticmethod
     def uniform(shape, dtype=jnp.float32) -> Gaussian:
@@ -105,7 +105,7 @@ class Gaussian:
     @property
     def mean(self) -> jax.Array:
         """Mean ``eta / prec``."""
-        return _finite(self.eta / clip_var(self.prec))
+        return clip_finite(self.eta / clip_var(self.prec))
 
     def to_mean_var(self) -> tuple[jax.Array, jax.Array]:
         """``(mean, var)``."""
@@ -115,10 +115,10 @@ class Gaussian:
         """Same message with the precision clipped to the safe interval (mean preserved)."""
         m = self.mean
         prec = clip_var(self.prec)
-        return Gaussian(eta=_finite(m * prec), prec=prec)
+        return Gaussian(eta=clip_finite(m * prec), prec=prec)
 
 
-def _finite(x: jax.Array) -> jax.Array:
+def clip_finite(x: jax.Array) -> jax.Array:
     """Replace +-inf by the largest finite value of the dtype (NaN inputs are left to the caller)."""
     info = jnp.finfo(x.dtype)
     return jnp.clip(x, info.min, info.max)
@@ -127,9 +127,9 @@ def _finite(x: jax.Array) -> jax.Array:
 def product(a: Gaussian, b: Gaussian) -> Gaussian:
     """Product of two messages (sum of natural parameters), precision clipped."""
     prec = a.prec + b.prec
-    m = _finite((a.eta + b.eta) / clip_var(prec))
+    m = clip_finite((a.eta + b.eta) / clip_var(prec))
     prec = clip_var(prec)
-    return Gaussian(eta=_finite(m * prec), prec=prec)
+    return Gaussian(eta=clip_finite(m * prec), prec=prec)
 
 
 def divide(a: Gaussian, b: Gaussian) -> Gaussian:
@@ -141,9 +141,9 @@ def divide(a: Gaussian, b: Gaussian) -> Gaussian:
     prec = a.prec - b.prec
     lo, _ = bounds(_float_dtype(prec))
     valid = prec >= lo
-    m = jnp.where(valid, _finite((a.eta - b.eta) / jnp.where(valid, prec, 1.0)), 0.0)
+    m = jnp.where(valid, clip_finite((a.eta - b.eta) / jnp.where(valid, prec, 1.0)), 0.0)
     prec = clip_var(prec)
-    return Gaussian(eta=_finite(m * prec), prec=prec)
+    return Gaussian(eta=clip_finite(m * prec), prec=prec)
 
 
 def moment_match(mean: jax.Array, second_moment: jax.Array) -> Gaussian:

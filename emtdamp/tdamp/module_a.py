@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emtdamp.tdamp.gaussian import Gaussian, bounds, log_ndtr, mills_ratio, relu_posterior_offset
+from emtdamp.tdamp.gaussian import Gaussian, bounds, log_ndtr, log_ndtr_and_mills, relu_posterior_offset
 from emtdamp.tdamp.state import LayerState
 
 
@@ -105,10 +105,17 @@ def probit_output(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array, w: ja
     S, TS: ``(B, K)`` (multiplied by ``w``); stat, count: the augmented-model E-step statistic
     ``sum w E[e^2]`` over pairs ``i != c`` (spec section 3) and the weighted number of pairs.
     """
+    return probit_output_and_log_lik(P, VP, c, v, w)[:4]
+
+
+def probit_output_and_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array, w: jax.Array
+                              ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`probit_output` and, from the same ``log Phi`` evaluations, the ``(B,)`` predictive log-score
+    :func:`probit_log_lik` (unweighted)."""
     mu, s, mask = probit_pairs(P, VP, c, v)
     sig = jnp.sqrt(v + s)
     kap = mu / sig
-    lam = mills_ratio(kap)
+    lphi, lam = log_ndtr_and_mills(kap)
     g = lam / sig * mask
     h = g * (g + kap / sig) * mask
     onehot = 1.0 - mask
@@ -116,7 +123,7 @@ def probit_output(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array, w: ja
     TS = h + onehot * jnp.sum(h, axis=1, keepdims=True)
     ee2 = v * s / (s + v) + v * v / (s + v) * (1.0 - kap * lam)
     wc = w[:, None]
-    return S * wc, TS * wc, jnp.sum(ee2 * mask * wc), jnp.sum(mask * wc)
+    return S * wc, TS * wc, jnp.sum(ee2 * mask * wc), jnp.sum(mask * wc), jnp.sum(lphi * mask, axis=1)
 
 
 def probit_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array) -> jax.Array:

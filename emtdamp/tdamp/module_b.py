@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from emtdamp.tdamp.bernoulli import Bernoulli
 from emtdamp.tdamp.bernoulli import product as bern_product
-from emtdamp.tdamp.gaussian import Gaussian, _finite, bounds, clip_var
+from emtdamp.tdamp.gaussian import Gaussian, bounds, clip_finite, clip_var
 from emtdamp.tdamp.gaussian import product as gauss_product
 from emtdamp.tdamp.module_a import weight_llr
 from emtdamp.tdamp.state import LayerState
@@ -148,7 +148,7 @@ def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, 
     corr = prec_c if tu_ts is None else prec_c - tu_ts
     # Q, m+ and v+ are each read by several consumers; written as divisions (not products with a shared
     # reciprocal) XLA materialises them once instead of re-deriving them from their inputs in every consumer
-    Q = _finite((W * corr + u_s) / prec_c)     # message mean, V_Q = 1 / pq
+    Q = clip_finite((W * corr + u_s) / prec_c)     # message mean, V_Q = 1 / pq
     pq = jnp.minimum(prec_c, hi)               # its (clipped) precision
     lam = group_evidence_from_message(Q, pq, mu0, s0)
     post = group_posterior(layer.rho, lam, layer.mask)
@@ -158,7 +158,7 @@ def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, 
     s0c = clip_var(s0)
     x = s0c * pq
     den = jnp.minimum(1.0 + x, s0c * hi)
-    eta = _finite(mu0 + Q * x)                 # s0 x (natural mean of the slab posterior)
+    eta = clip_finite(mu0 + Q * x)                 # s0 x (natural mean of the slab posterior)
     v_pl = s0c / den
     m_pl = eta / den
     W_new = pi[:, None] * m_pl

@@ -20,15 +20,16 @@ from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, ZStats, in
 
 
 def _output(hp: TdampHParams, P, VP, y, v, w):
+    """``S, T_S, stat, count`` of the output layer and (classification) the ``(B,)`` predictive log-score."""
     if hp.task == "regression":
-        return module_a.gaussian_output(P, VP, y, v, w)
-    return module_a.probit_output(P, VP, y, v, w)
+        return (*module_a.gaussian_output(P, VP, y, v, w), None)
+    return module_a.probit_output_and_log_lik(P, VP, y, v, w)
 
 
 def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
     """One forward + backward sweep.
 
-    ``carry = (layers, S_prev, R, VR, lam_sum, stat, count, P_L, VP_L, bias_post)``; ``bias_post`` is the
+    ``carry = (layers, S_prev, R, VR, lam_sum, stat, count, P_L, VP_L, bias_post, log_lik)``; ``bias_post`` is the
     per-layer undamped bias posterior ``(mean, var)`` and group log-evidence ``Lambda`` of the iteration
     (the bias and support sites for the "once" evidence bookkeeping). ``first``: the first iteration of a
     minibatch, whose ``S_prev`` is zero (no Onsager term, :func:`module_a.forward_layer`).
@@ -57,7 +58,7 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
     for l in reversed(range(L)):
         if l == L - 1:
             with jax.named_scope("output"):
-                S, TS, stat, count = _output(hp, P[l], VP[l], y, v, w)
+                S, TS, stat, count, log_lik = _output(hp, P[l], VP[l], y, v, w)
         else:
             with jax.named_scope(f"relu_backward_{l}"):
                 S, TS = module_a.hidden_output(P[l], VP[l], R[l], VR[l], w, neg[l])
@@ -75,7 +76,7 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
         bias_post[l] = (b_n, vb_n, lam)
         layers[l] = layer.replace(W=W_n, VW=VW_n, b=beta * b_n + (1.0 - beta) * layer.b,
                                   vb=beta * vb_n + (1.0 - beta) * layer.vb, slab_m=m_pl, slab_v=v_pl, pi=pi)
-    return (layers, S_prev, R, VR, lam_sum, stat, count, P[L - 1], VP[L - 1], bias_post)
+    return (layers, S_prev, R, VR, lam_sum, stat, count, P[L - 1], VP[L - 1], bias_post, log_lik)
 
 
 def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: TdampHParams,
@@ -91,7 +92,8 @@ def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdamp
 def _damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: TdampHParams,
                     w: jax.Array | None = None):
     """:func:`damp_minibatch` plus the last iteration's undamped bias posteriors and group evidence
-    (list of ``(mean, var, Lambda)``)."""
+    (list of ``(mean, var, Lambda)``) and (classification) its ``(B,)`` predictive log-score
+    (:func:`module_a.probit_log_lik` of the output messages, None for regression)."""
     dtype = state.v.dtype
     x = jnp.asarray(x, dtype)
     B = x.shape[0]
@@ -106,15 +108,16 @@ def _damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdam
     K = layers[-1].W.shape[1]
     zero = jnp.zeros((), dtype)
     bias_post = [(lay.b0, lay.vb0, jnp.zeros_like(lay.lam_acc)) for lay in layers]
+    log_lik = None if hparams.task == "regression" else jnp.zeros((B,), dtype)
     carry = (layers, S_prev, R, VR, lam_sum, zero, zero, jnp.zeros((B, K), dtype), jnp.ones((B, K), dtype),
-             bias_post)
+             bias_post, log_lik)
     carry = _damp_iteration(hparams, x, y, w, state.v, carry, first=True)
     if hparams.n_iter > 1:
         body = lambda _, c: _damp_iteration(hparams, x, y, w, state.v, c)
         carry = jax.lax.fori_loop(1, hparams.n_iter, body, carry)
-    layers, _, _, _, lam_sum, stat, count, P_L, VP_L, bias_post = carry
+    layers, _, _, _, lam_sum, stat, count, P_L, VP_L, bias_post, log_lik = carry
     layers = [lay.replace(lam_acc=lay.lam_acc + ls) for lay, ls in zip(layers, lam_sum, strict=True)]
-    return state.replace(layers=layers), ZStats(P=P_L, VP=VP_L, y=y, w=w), stat, count, bias_post
+    return state.replace(layers=layers), ZStats(P=P_L, VP=VP_L, y=y, w=w), stat, count, bias_post, log_lik
 
 
 def set_prior_once(state: TdampState, batch_rows: jax.Array, hparams: TdampHParams) -> TdampState:
@@ -224,7 +227,7 @@ def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: Tda
         B = x_batch.shape[0]
         rows = jnp.sum(jnp.ones((B,), state.v.dtype) if w is None else jnp.asarray(w, state.v.dtype))
         state = set_prior_once(state, rows, hparams)
-    state, zs, stat, count, bias_post = _damp_minibatch(state, x_batch, y_batch, hparams, w)
+    state, zs, stat, count, bias_post, log_lik = _damp_minibatch(state, x_batch, y_batch, hparams, w)
     if once:
         state = record_sites_once(state, bias_post, rows)
     elif hparams.pasp:
@@ -236,7 +239,7 @@ def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: Tda
     if hparams.task == "regression":
         loss = jnp.sum(zs.w[:, None] * (zs.y - zs.P) ** 2) / (wsum * zs.P.shape[1])
     else:
-        loss = -jnp.sum(zs.w * module_a.probit_log_lik(zs.P, zs.VP, zs.y, state.v)) / wsum
+        loss = -jnp.sum(zs.w * log_lik) / wsum     # = module_a.probit_log_lik(zs.P, zs.VP, zs.y, state.v)
     return state, {"loss": loss, "v": state.v, "zstats": zs}
 
 
