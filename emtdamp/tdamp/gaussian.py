@@ -19,7 +19,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import log_ndtr as _jax_log_ndtr
+import numpy as np
 
 LOG2PI = math.log(2.0 * math.pi)
 
@@ -81,7 +81,7 @@ class Gaussian:
         mean = jnp.asarray(mean)
         var = jnp.asarray(var, mean.dtype)
         prec = clip_var(1.0 / clip_var(var))
-        return Gaussian(eta=_finite(mean * prec), prec=prec)
+        return Gaussian(eta=clip_finite(mean * prec), prec=prec)
 
     @staticmethod
     def uniform(shape, dtype=jnp.float32) -> Gaussian:
@@ -105,7 +105,7 @@ class Gaussian:
     @property
     def mean(self) -> jax.Array:
         """Mean ``eta / prec``."""
-        return _finite(self.eta / clip_var(self.prec))
+        return clip_finite(self.eta / clip_var(self.prec))
 
     def to_mean_var(self) -> tuple[jax.Array, jax.Array]:
         """``(mean, var)``."""
@@ -115,10 +115,10 @@ class Gaussian:
         """Same message with the precision clipped to the safe interval (mean preserved)."""
         m = self.mean
         prec = clip_var(self.prec)
-        return Gaussian(eta=_finite(m * prec), prec=prec)
+        return Gaussian(eta=clip_finite(m * prec), prec=prec)
 
 
-def _finite(x: jax.Array) -> jax.Array:
+def clip_finite(x: jax.Array) -> jax.Array:
     """Replace +-inf by the largest finite value of the dtype (NaN inputs are left to the caller)."""
     info = jnp.finfo(x.dtype)
     return jnp.clip(x, info.min, info.max)
@@ -127,9 +127,9 @@ def _finite(x: jax.Array) -> jax.Array:
 def product(a: Gaussian, b: Gaussian) -> Gaussian:
     """Product of two messages (sum of natural parameters), precision clipped."""
     prec = a.prec + b.prec
-    m = _finite((a.eta + b.eta) / clip_var(prec))
+    m = clip_finite((a.eta + b.eta) / clip_var(prec))
     prec = clip_var(prec)
-    return Gaussian(eta=_finite(m * prec), prec=prec)
+    return Gaussian(eta=clip_finite(m * prec), prec=prec)
 
 
 def divide(a: Gaussian, b: Gaussian) -> Gaussian:
@@ -141,9 +141,9 @@ def divide(a: Gaussian, b: Gaussian) -> Gaussian:
     prec = a.prec - b.prec
     lo, _ = bounds(_float_dtype(prec))
     valid = prec >= lo
-    m = jnp.where(valid, _finite((a.eta - b.eta) / jnp.where(valid, prec, 1.0)), 0.0)
+    m = jnp.where(valid, clip_finite((a.eta - b.eta) / jnp.where(valid, prec, 1.0)), 0.0)
     prec = clip_var(prec)
-    return Gaussian(eta=_finite(m * prec), prec=prec)
+    return Gaussian(eta=clip_finite(m * prec), prec=prec)
 
 
 def moment_match(mean: jax.Array, second_moment: jax.Array) -> Gaussian:
@@ -156,19 +156,33 @@ def log_normal_pdf(x: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Array:
     return -0.5 * (LOG2PI + jnp.log(var) + (x - mean) ** 2 / var)
 
 
-def log_ndtr(a: jax.Array) -> jax.Array:
-    """``log Phi(a)`` accurate to a few ulp in the far left tail.
+# erfc(z), z >= 0, in float32 (Press et al., Numerical Recipes, erfcc: a Chebyshev fit of log(erfc(z) / t) in
+# t = 1 / (1 + z/2), fractional error < 1.2e-7 for all z >= 0). In float32 arithmetic its relative error is
+# that of XLA's erfc (max 1.1e-6 vs 6.9e-7 on [2, 4), 2.1e-6 vs 2.1e-6 on [4, 6.7], the exp(-z^2) rounding)
+# from one division, one exp and 9 FMAs; XLA's evaluates erf's and erfc's polynomials everywhere and selects
+# (57 operations). float64 keeps XLA's (Cephes) erfc.
+_ERFC32 = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587,
+           -0.82215223, 0.17087277)
 
-    ``jax.scipy.special.log_ndtr`` truncates its left-tail asymptotic series after 3 terms (relative
-    error 2e-11 at a = -20 in float64, which the Mills ratio and then the truncated-normal variance
-    amplify). Below ``a = -19.5`` (float64) / ``-9.5`` (float32) we sum 12 terms of
-    ``log Phi(a) = log phi(a) - log|a| + log(sum_n (-1)^n (2n-1)!! a^(-2n))`` instead (the terms
-    decrease while ``n < a^2/2``, i.e. >= 50 terms at the switch, so 12 are far from divergence).
+
+def _erfc_nonneg(z: jax.Array) -> jax.Array:
+    """``erfc(z)`` for ``z >= 0`` (float64: ``jax.lax.erfc``; float32: the fit above)."""
+    if jnp.finfo(z.dtype).bits >= 64:
+        return jax.lax.erfc(z)
+    t = 1.0 / (1.0 + 0.5 * z)
+    return t * jnp.exp(_horner(_ERFC32, t) - z * z)
+
+
+def _ndtr_parts(a: jax.Array):
+    """The pieces shared by :func:`log_ndtr` and :func:`mills_ratio` (``a`` of a float dtype).
+
+    Returns ``(left, a_l, total, a_m, c, nd, upper)``: ``left = a < thr`` (the far left tail, where the
+    12-term series is used), ``a_l`` / ``a_m`` the arguments clamped into the series / the erfc region,
+    ``total = sum_n (-1)^n (2n-1)!! a_l^(-2n)``, ``c = erfc(|a_m| / sqrt 2)``, ``nd = Phi(a_m)`` from ``c``
+    and ``upper`` the threshold above which ``log Phi(a) = -c/2`` (jax.scipy's segments).
     """
-    a = jnp.asarray(a)
-    dtype = _float_dtype(a)
-    a = a.astype(dtype)
-    thr = -19.5 if jnp.finfo(dtype).bits >= 64 else -9.5
+    f64 = jnp.finfo(a.dtype).bits >= 64
+    thr = -19.5 if f64 else -9.5
     left = a < thr
     a_l = jnp.where(left, a, thr)
     t = 1.0 / (a_l * a_l)
@@ -177,34 +191,101 @@ def log_ndtr(a: jax.Array) -> jax.Array:
     for n in range(1, 13):
         term = -term * (2 * n - 1) * t
         total = total + term
-    series = -0.5 * a_l * a_l - 0.5 * LOG2PI - jnp.log(-a_l) + jnp.log(total)
-    return jnp.where(left, series, _jax_log_ndtr(jnp.where(left, thr, a)))
+    a_m = jnp.where(left, thr, a)
+    # Phi(a) = erfc(-a/sqrt 2)/2 from one erfc of |a|/sqrt 2 (the constant rounded as jax.scipy's ndtr
+    # rounds it: erfc(z) ~ exp(-z^2) amplifies an ulp of the constant 2 z^2 times)
+    c = _erfc_nonneg(jnp.abs(a_m) * np.asarray(0.5 * np.sqrt(2.0), a.dtype))
+    nd = jnp.where(a_m > 0, 1.0 - 0.5 * c, 0.5 * c)
+    return left, a_l, total, a_m, c, nd, (8.0 if f64 else 5.0)
+
+
+def log_ndtr(a: jax.Array) -> jax.Array:
+    """``log Phi(a)`` accurate to a few ulp in the far left tail.
+
+    ``jax.scipy.special.log_ndtr`` truncates its left-tail asymptotic series after 3 terms (relative
+    error 2e-11 at a = -20 in float64, which the Mills ratio and then the truncated-normal variance
+    amplify). Below ``a = -19.5`` (float64) / ``-9.5`` (float32) we sum 12 terms of
+    ``log Phi(a) = log phi(a) - log|a| + log(sum_n (-1)^n (2n-1)!! a^(-2n))`` instead (the terms
+    decrease while ``n < a^2/2``, i.e. >= 50 terms at the switch, so 12 are far from divergence).
+    Above the switch it is jax.scipy's formula (``log Phi(a)``, and ``-Phi(-a)`` above a = 8 / 5), with
+    ``Phi`` from a single ``erfc`` (jax.scipy evaluates ``erf`` and ``erfc`` and its own series everywhere
+    and selects) and one ``log`` shared by both branches.
+    """
+    a = jnp.asarray(a)
+    a = a.astype(_float_dtype(a))
+    left, a_l, total, a_m, c, nd, upper = _ndtr_parts(a)
+    lg = jnp.log(jnp.where(left, -a_l / total, nd))
+    return jnp.where(left, -0.5 * a_l * a_l - 0.5 * LOG2PI - lg, jnp.where(a_m > upper, -0.5 * c, lg))
+
+
+def log_ndtr_and_mills(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log Phi(a), phi(a) / Phi(a))``, the values of :func:`log_ndtr` and :func:`mills_ratio` from one
+    ``erfc``, one ``exp``, one ``log`` and one division (arrays of ``a``'s shape).
+
+    The Mills ratio is ``phi(a) / Phi(a)`` directly above the series switch (both factors are normal
+    numbers there: ``phi(-19.5) ~ 1e-83``, ``phi(-9.5) ~ 1e-20``) and ``|a| / sum_n (-1)^n (2n-1)!! a^(-2n)``
+    below it, which is ``exp(log phi - log Phi)`` with the series of :func:`log_ndtr` cancelled by hand.
+    """
+    a = jnp.asarray(a)
+    a = a.astype(_float_dtype(a))
+    left, a_l, total, a_m, c, nd, upper = _ndtr_parts(a)
+    phi = jnp.exp(-0.5 * a_m * a_m) * np.asarray(1.0 / math.sqrt(2.0 * math.pi), a.dtype)
+    lam = jnp.where(left, -a_l, phi) / jnp.where(left, total, nd)
+    lg = jnp.log(jnp.where(left, lam, nd))
+    lphi = jnp.where(left, -0.5 * a_l * a_l - 0.5 * LOG2PI - lg, jnp.where(a_m > upper, -0.5 * c, lg))
+    return lphi, lam
 
 
 def mills_ratio(a: jax.Array) -> jax.Array:
-    """``phi(a) / Phi(a)``, stable for very negative ``a`` (computed as ``exp(log phi - log Phi)``)."""
-    return jnp.exp(-0.5 * a * a - 0.5 * LOG2PI - log_ndtr(a))
+    """``phi(a) / Phi(a)``, stable for very negative ``a`` (:func:`log_ndtr_and_mills`)."""
+    return log_ndtr_and_mills(a)[1]
+
+
+def _truncated_parts(m: jax.Array, v: jax.Array, sign: float):
+    """Truncated-normal pieces of ``N(m, v)`` on ``sign z > 0`` for :func:`_truncated` and the ReLU posterior.
+
+    Returns ``(offset, var, log_mass_quad, mass_num, mass_den, a, c)``: ``offset = mean - m``, the variance
+    (clipped below), and ``log P(sign z > 0) = log_mass_quad + log(mass_num / mass_den)`` (away from the
+    right tail, see :func:`_truncated`), with ``a = sign m / sqrt v`` and ``c = erfc(|a| / sqrt 2)``.
+
+    Below the asymptotic switch (``a < -5`` float32, ``-15`` float64) the mean and variance come from the
+    expansions ``a + lam = H(t) / |a|`` and ``1 - a lam - lam^2 = t V(t)``, ``t = 1/a^2``; below the series
+    switch of :func:`log_ndtr` (``-9.5`` / ``-19.5``) the log-mass is ``log phi(a) - log lam`` with the same
+    ``lam = H(t)/|a| - a`` (its 10-term expansion is accurate to 3e-10 relative at a = -9.5 and 1e-15 at
+    -19.5, as the 12-term series of :func:`log_ndtr`). Elsewhere ``Phi(a)`` and ``lam = phi(a) / Phi(a)``
+    come from one ``erfc`` and one ``exp``.
+    """
+    dtype = _float_dtype(v)
+    f64 = jnp.finfo(dtype).bits >= 64
+    lo, _ = bounds(dtype)
+    s = jnp.sqrt(v)
+    a = sign * m / s
+    thr_series = -19.5 if f64 else -9.5
+    left = a < thr_series
+    a_m = jnp.where(left, thr_series, a)
+    c = _erfc_nonneg(jnp.abs(a_m) * np.asarray(0.5 * np.sqrt(2.0), dtype))
+    nd = jnp.where(a_m > 0, 1.0 - 0.5 * c, 0.5 * c)
+    lam = jnp.exp(-0.5 * a_m * a_m) * np.asarray(1.0 / math.sqrt(2.0 * math.pi), dtype) / nd
+    thr = _ASYMPTOTIC_A64 if f64 else _ASYMPTOTIC_A
+    asym = a < thr
+    a_s = jnp.where(asym, a, thr)
+    inv_a = -1.0 / a_s                                  # 1/|a| (a_s <= thr < 0)
+    t = inv_a * inv_a
+    shift = _horner(_SHIFT_COEFFS, t) * inv_a           # = a + lam
+    offset = jnp.where(asym, sign * s * shift - m, sign * s * lam)
+    vfac = jnp.where(asym, t * _horner(_VFAC_COEFFS, t), 1.0 - a * lam - lam * lam)
+    quad = jnp.where(left, -0.5 * a * a - 0.5 * LOG2PI, 0.0)
+    num = jnp.where(left, 1.0, nd)
+    den = jnp.where(left, shift - a_s, 1.0)
+    return offset, v * jnp.maximum(vfac, lo), quad, num, den, a, c
 
 
 def _truncated(m: jax.Array, v: jax.Array, sign: float):
     """``(mean, mean - m, var, log_mass)`` of ``N(m, v)`` restricted to ``sign z > 0`` (see below)."""
-    dtype = _float_dtype(v)
-    lo, _ = bounds(dtype)
-    s = jnp.sqrt(v)
-    a = sign * m / s
-    lam = mills_ratio(a)
-    offset = sign * s * lam
-    mean = m + offset
-    vfac = 1.0 - a * lam - lam * lam
-    thr = _ASYMPTOTIC_A if jnp.finfo(dtype).bits < 64 else _ASYMPTOTIC_A64
-    asym = a < thr
-    a_s = jnp.where(asym, a, thr)
-    t = 1.0 / (a_s * a_s)
-    shift = _horner(_SHIFT_COEFFS, t) / jnp.abs(a_s)  # = a + lam
-    mean = jnp.where(asym, sign * s * shift, mean)
-    offset = jnp.where(asym, sign * s * shift - m, offset)
-    vfac = jnp.where(asym, t * _horner(_VFAC_COEFFS, t), vfac)
-    return mean, offset, v * jnp.maximum(vfac, lo), log_ndtr(a)
+    offset, var, quad, num, den, a, c = _truncated_parts(m, v, sign)
+    upper = 8.0 if jnp.finfo(_float_dtype(v)).bits >= 64 else 5.0   # jax.scipy: log Phi(a) = -Phi(-a) above
+    log_mass = jnp.where(a > upper, -0.5 * c, quad + jnp.log(num / den))
+    return m + offset, offset, var, log_mass
 
 
 def truncated_normal_moments(m: jax.Array, v: jax.Array, sign: float) -> tuple[jax.Array, jax.Array,
@@ -236,7 +317,15 @@ def truncated_normal_moments(m: jax.Array, v: jax.Array, sign: float) -> tuple[j
     return mean, var, log_mass
 
 
-def relu_posterior(p: jax.Array, vp: jax.Array, r: jax.Array, vr: jax.Array
+def relu_negative_branch(p: jax.Array, vp: jax.Array) -> tuple[jax.Array, ...]:
+    """The part of the ReLU posterior that does not depend on the backward message: the truncated normal
+    ``N(p, vp)`` on ``z < 0`` (offset, variance, log-mass pieces; :func:`_truncated_parts`). A DAMP iteration
+    evaluates the posterior of a hidden layer twice with the same ``(p, vp)`` (forward sweep: old backward
+    message; backward sweep: new one) and passes this to both (``neg=`` of :func:`relu_posterior_offset`)."""
+    return _truncated_parts(p, vp, -1.0)[:5]
+
+
+def relu_posterior(p: jax.Array, vp: jax.Array, r: jax.Array, vr: jax.Array, neg: tuple | None = None
                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Posterior moments of a ReLU node (spec section 2.2b).
 
@@ -246,16 +335,17 @@ def relu_posterior(p: jax.Array, vp: jax.Array, r: jax.Array, vr: jax.Array
     Parameters
     ----------
     p, vp, r, vr: arrays of one shape (e.g. ``(B, N)``), ``vp, vr > 0``.
+    neg: optional :func:`relu_negative_branch` ``(p, vp)`` (computed here when None).
 
     Returns
     -------
     ez, vz, eu, vu: posterior mean/variance of ``z`` and of ``u`` (variances clipped below).
     """
-    dz, vz, eu, vu = relu_posterior_offset(p, vp, r, vr)
+    dz, vz, eu, vu = relu_posterior_offset(p, vp, r, vr, neg)
     return p + dz, vz, eu, vu
 
 
-def relu_posterior_offset(p: jax.Array, vp: jax.Array, r: jax.Array, vr: jax.Array
+def relu_posterior_offset(p: jax.Array, vp: jax.Array, r: jax.Array, vr: jax.Array, neg: tuple | None = None
                           ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """As :func:`relu_posterior` but returns ``E z - p`` instead of ``E z``.
 
@@ -268,16 +358,24 @@ def relu_posterior_offset(p: jax.Array, vp: jax.Array, r: jax.Array, vr: jax.Arr
     """
     lo, hi = bounds(_float_dtype(vp))
     vr = jnp.minimum(vr, hi)
-    tot = vp + vr
-    _, dn, vn, lmn = _truncated(p, vp, -1.0)  # negative branch: E- = p + dn
-    vpl = vp * vr / tot
-    dpl = (r - p) * (vp / tot)  # m+ - p
-    _, dpp, vpos, lmp = _truncated(p + dpl, vpl, 1.0)  # positive branch: E+ = p + dpl + dpp
-    # log N(p; r, vp+vr) - log N(0; r, vr) in cancellation-free form: with a weak backward message
-    # (vr at the clip, |r| ~ 1e10) each log-density is ~1e11 and their float32 difference is noise.
-    log_ratio = -0.5 * jnp.log1p(vp / vr) - 0.5 * (p * (p - 2.0 * r) / tot - vp * (r / vr) * (r / tot))
-    wpos = jax.nn.sigmoid(log_ratio + lmp - lmn)
-    wneg = jax.nn.sigmoid(-(log_ratio + lmp - lmn))
+    inv_tot = 1.0 / (vp + vr)
+    inv_vr = 1.0 / vr
+    dn, vn, qn, num_n, den_n = relu_negative_branch(p, vp) if neg is None else neg  # E- = p + dn
+    vpl = vp * vr * inv_tot
+    dpl = (r - p) * (vp * inv_tot)  # m+ - p
+    dpp, vpos, qp, num_p, den_p, _, _ = _truncated_parts(p + dpl, vpl, 1.0)  # positive branch: E+ = p + dpl + dpp
+    # log w+/w- = log N(p; r, vp+vr) - log N(0; r, vr) + log P+ - log P-, with the first difference in
+    # cancellation-free form (a weak backward message, vr at the clip and |r| ~ 1e10, makes each
+    # log-density ~1e11 and their float32 difference noise), -log1p(vp/vr)/2 = log(1/sqrt(1 + vp/vr)) and the
+    # three logarithms taken as one: log P = quad + log(num/den) for both branches.
+    ratio = (num_p * den_n) / (den_p * num_n * jnp.sqrt(1.0 + vp * inv_vr))
+    d = qp - qn + jnp.log(ratio) - 0.5 * (p * (p - 2.0 * r) * inv_tot - vp * (r * inv_vr) * (r * inv_tot))
+    # w+ = sigmoid(d), w- = sigmoid(-d) from one exp
+    e = jnp.exp(-jnp.abs(d))
+    inv = 1.0 / (1.0 + e)
+    pos = d >= 0
+    wpos = jnp.where(pos, 1.0, e) * inv
+    wneg = jnp.where(pos, e, 1.0) * inv
     d_pos = dpl + dpp
     dz = wneg * dn + wpos * d_pos
     vz = wneg * vn + wpos * vpos + wneg * wpos * (d_pos - dn) ** 2

@@ -17,33 +17,44 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emtdamp.tdamp.gaussian import Gaussian, bounds, log_ndtr, mills_ratio, relu_posterior_offset
+from emtdamp.tdamp.gaussian import Gaussian, bounds, log_ndtr, log_ndtr_and_mills, relu_posterior_offset
 from emtdamp.tdamp.state import LayerState
 
 
-def forward_layer(layer: LayerState, U: jax.Array, TU: jax.Array | None, S_prev: jax.Array
-                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def forward_layer(layer: LayerState, U: jax.Array, TU: jax.Array | None, S_prev: jax.Array | None,
+                  W2: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """Forward message to the pre-activations of one layer.
 
     Parameters
     ----------
     layer: the layer's state (uses ``W, VW, b, vb``).
     U, TU: ``(B, N_in)`` mean / variance of the layer input; ``TU=None`` for known inputs (layer 0).
-    S_prev: ``(B, N_out)`` the layer's ``S`` of the previous DAMP iteration (zeros on the first).
+    S_prev: ``(B, N_out)`` the layer's ``S`` of the previous DAMP iteration, or None on the first iteration
+        (``S = 0``: no Onsager term; then ``Vbar`` is not formed and ``V_P`` takes two products,
+        ``(U^2 + T_U) V_W + T_U W^2``, instead of three).
+    W2: optional ``W * W`` (shared with the backward message to the input).
 
     Returns
     -------
-    P, VP, Vbar: ``(B, N_out)`` forward mean, variance (clipped) and the Onsager variance ``Vbar``.
+    P, VP, Vbar: ``(B, N_out)`` forward mean, variance (clipped) and the Onsager variance ``Vbar`` (None
+    when ``S_prev`` is None).
     """
     lo, hi = bounds(U.dtype)
     W, VW = layer.W, layer.VW
-    vbar = (U * U) @ VW
-    VP = vbar + layer.vb
-    if TU is not None:
-        vbar = vbar + TU @ (W * W)
+    uu = U * U
+    if TU is None:
+        vbar = uu @ VW
+        VP = vbar + layer.vb
+    elif S_prev is None:
+        vbar = None
+        VP = (uu + TU) @ VW + TU @ (W * W if W2 is None else W2) + layer.vb
+    else:
+        vbar = uu @ VW + TU @ (W * W if W2 is None else W2)
         VP = vbar + TU @ VW + layer.vb
     VP = jnp.clip(VP, lo, hi)
-    P = U @ W + layer.b - S_prev * vbar
+    P = U @ W + layer.b
+    if S_prev is not None:
+        P = P - S_prev * vbar
     return P, VP, vbar
 
 
@@ -94,10 +105,17 @@ def probit_output(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array, w: ja
     S, TS: ``(B, K)`` (multiplied by ``w``); stat, count: the augmented-model E-step statistic
     ``sum w E[e^2]`` over pairs ``i != c`` (spec section 3) and the weighted number of pairs.
     """
+    return probit_output_and_log_lik(P, VP, c, v, w)[:4]
+
+
+def probit_output_and_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array, w: jax.Array
+                              ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`probit_output` and, from the same ``log Phi`` evaluations, the ``(B,)`` predictive log-score
+    :func:`probit_log_lik` (unweighted)."""
     mu, s, mask = probit_pairs(P, VP, c, v)
     sig = jnp.sqrt(v + s)
     kap = mu / sig
-    lam = mills_ratio(kap)
+    lphi, lam = log_ndtr_and_mills(kap)
     g = lam / sig * mask
     h = g * (g + kap / sig) * mask
     onehot = 1.0 - mask
@@ -105,7 +123,7 @@ def probit_output(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array, w: ja
     TS = h + onehot * jnp.sum(h, axis=1, keepdims=True)
     ee2 = v * s / (s + v) + v * v / (s + v) * (1.0 - kap * lam)
     wc = w[:, None]
-    return S * wc, TS * wc, jnp.sum(ee2 * mask * wc), jnp.sum(mask * wc)
+    return S * wc, TS * wc, jnp.sum(ee2 * mask * wc), jnp.sum(mask * wc), jnp.sum(lphi * mask, axis=1)
 
 
 def probit_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array) -> jax.Array:
@@ -114,17 +132,17 @@ def probit_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array) -> j
     return jnp.sum(log_ndtr(mu / jnp.sqrt(v + s)) * mask, axis=1)
 
 
-def hidden_output(P: jax.Array, VP: jax.Array, R: jax.Array, VR: jax.Array, w: jax.Array
+def hidden_output(P: jax.Array, VP: jax.Array, R: jax.Array, VR: jax.Array, w: jax.Array, neg: tuple | None = None
                   ) -> tuple[jax.Array, jax.Array]:
-    """``S, T_S`` of a hidden layer from its ReLU node posterior (spec 2.3 backward, l < L)."""
-    dz, vz, _, _ = relu_posterior_offset(P, VP, R, VR)
-    S = dz / VP
-    TS = jnp.maximum((1.0 - vz / VP) / VP, 0.0)
+    """``S, T_S`` of a hidden layer from its ReLU node posterior (spec 2.3 backward, l < L); ``neg``: the
+    forward sweep's :func:`emtdamp.tdamp.gaussian.relu_negative_branch` of ``(P, VP)``."""
+    dz, vz, _, _ = relu_posterior_offset(P, VP, R, VR, neg)
+    inv = 1.0 / VP
     wc = w[:, None]
-    return S * wc, TS * wc
+    return dz * inv * wc, jnp.maximum((1.0 - vz * inv) * inv, 0.0) * wc
 
 
-def message_to_input(layer: LayerState, U: jax.Array, S: jax.Array, TS: jax.Array
+def message_to_input(layer: LayerState, U: jax.Array, S: jax.Array, TS: jax.Array, W2: jax.Array | None = None
                      ) -> tuple[jax.Array, jax.Array]:
     """Backward message ``N(u; R, V_R)`` to the layer input (``(B, N_in)`` each), before the update.
 
@@ -132,12 +150,29 @@ def message_to_input(layer: LayerState, U: jax.Array, S: jax.Array, TS: jax.Arra
     ``c = S W^T``, the spec's ``R = U (1 - V_R a) + V_R c`` is ``R = (U (prec - a) + c) / prec``, with
     ``prec`` clipped below at the dtype's bound (``V_R = 1 / prec``). The self-correction ``prec - a``
     is often negative (``V_W > W^2``, e.g. early in training); that is BiG-AMP's, and kept.
+    ``W2``: optional ``W * W`` (shared with the forward sweep).
     """
     lo, _ = bounds(U.dtype)
     W, VW = layer.W, layer.VW
-    prec_c = jnp.maximum(TS @ (W * W).T, lo)
-    R = (U * (prec_c - TS @ VW.T) + S @ W.T) / prec_c
-    return R, 1.0 / prec_c
+    prec_c = jnp.maximum(TS @ (W * W if W2 is None else W2).T, lo)
+    inv = 1.0 / prec_c
+    return (U * (prec_c - TS @ VW.T) + S @ W.T) * inv, inv
+
+
+def weight_products(U: jax.Array, TU: jax.Array | None, S: jax.Array, TS: jax.Array
+                    ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """The products the likelihood messages to the weights are made of: ``(U^2)^T T_S``, ``T_U^T T_S`` (None
+    for known inputs) and ``U^T S``, each ``(N_in, N_out)`` (see :func:`message_to_weights`)."""
+    return (U * U).T @ TS, None if TU is None else TU.T @ TS, U.T @ S
+
+
+def bias_message(b: jax.Array, S: jax.Array, TS: jax.Array) -> Gaussian:
+    """Likelihood message ``N(b; q_b, v_qb)`` ``(N_out,)`` to the biases (as in :func:`message_to_weights`)."""
+    lo, _ = bounds(S.dtype)
+    sb = jnp.sum(TS, axis=0)
+    precb = jnp.maximum(sb, lo)
+    qb = (b * sb + jnp.sum(S, axis=0)) / precb
+    return Gaussian.from_mean_var(qb, 1.0 / precb)
 
 
 def message_to_weights(layer: LayerState, U: jax.Array, TU: jax.Array | None, S: jax.Array,

@@ -15,34 +15,40 @@ import jax.numpy as jnp
 
 from emtdamp.tdamp import em, evidence, module_a, module_b
 from emtdamp.tdamp.class_probs import class_probs
-from emtdamp.tdamp.gaussian import bounds, clip_var, relu_posterior
+from emtdamp.tdamp.gaussian import bounds, clip_var, relu_negative_branch, relu_posterior
 from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, ZStats, initial_slab_var
 
 
 def _output(hp: TdampHParams, P, VP, y, v, w):
+    """``S, T_S, stat, count`` of the output layer and (classification) the ``(B,)`` predictive log-score."""
     if hp.task == "regression":
-        return module_a.gaussian_output(P, VP, y, v, w)
-    return module_a.probit_output(P, VP, y, v, w)
+        return (*module_a.gaussian_output(P, VP, y, v, w), None)
+    return module_a.probit_output_and_log_lik(P, VP, y, v, w)
 
 
-def _damp_iteration(hp: TdampHParams, x, y, w, v, carry):
+def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
     """One forward + backward sweep.
 
-    ``carry = (layers, S_prev, R, VR, lam_sum, stat, count, P_L, VP_L, bias_post)``; ``bias_post`` is the
+    ``carry = (layers, S_prev, R, VR, lam_sum, stat, count, P_L, VP_L, bias_post, log_lik)``; ``bias_post`` is the
     per-layer undamped bias posterior ``(mean, var)`` and group log-evidence ``Lambda`` of the iteration
-    (the bias and support sites for the "once" evidence bookkeeping).
+    (the bias and support sites for the "once" evidence bookkeeping). ``first``: the first iteration of a
+    minibatch, whose ``S_prev`` is zero (no Onsager term, :func:`module_a.forward_layer`).
     """
     layers, S_prev, R, VR, lam_sum = carry[:5]
     L = len(layers)
     beta = hp.beta
-    lo, _ = bounds(x.dtype)
-    # ---- forward sweep ----------------------------------------------------------------------
+    # W * W of the layers with unknown inputs (forward T_U W^2 and backward T_S (W^2)^T share it)
+    W2 = [None] + [lay.W * lay.W for lay in layers[1:]]
+    # ---- forward sweep (jax.named_scope labels name the parts in profiles and HLO dumps) ------
     U, TU = [x], [None]
-    P, VP = [None] * L, [None] * L
+    P, VP, neg = [None] * L, [None] * L, [None] * L
     for l in range(L):
-        P[l], VP[l], _ = module_a.forward_layer(layers[l], U[l], TU[l], S_prev[l])
+        with jax.named_scope(f"forward_{l}"):
+            P[l], VP[l], _ = module_a.forward_layer(layers[l], U[l], TU[l], None if first else S_prev[l], W2[l])
         if l < L - 1:
-            _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l])
+            with jax.named_scope(f"relu_forward_{l}"):
+                neg[l] = relu_negative_branch(P[l], VP[l])   # shared with the backward sweep's posterior
+                _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l], neg[l])
             U.append(u)
             TU.append(tu)
     # ---- backward sweep ---------------------------------------------------------------------
@@ -51,26 +57,26 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry):
     stat = count = None
     for l in reversed(range(L)):
         if l == L - 1:
-            S, TS, stat, count = _output(hp, P[l], VP[l], y, v, w)
+            with jax.named_scope("output"):
+                S, TS, stat, count, log_lik = _output(hp, P[l], VP[l], y, v, w)
         else:
-            S, TS = module_a.hidden_output(P[l], VP[l], R[l], VR[l], w)
+            with jax.named_scope(f"relu_backward_{l}"):
+                S, TS = module_a.hidden_output(P[l], VP[l], R[l], VR[l], w, neg[l])
         S_prev[l] = S
         layer = layers[l]
         if l > 0:
-            R[l - 1], VR[l - 1] = module_a.message_to_input(layer, U[l], S, TS)
-        lik_w, lik_b = module_a.message_to_weights(layer, U[l], TU[l], S, TS)
-        W_n, VW_n, m_pl, v_pl, pi, lam = module_b.denoise_weights(lik_w, layer.mu0, layer.s0, layer.rho,
-                                                                  layer.mask)
-        b_n, vb_n = module_b.denoise_bias(lik_b, layer.b0, layer.vb0)
+            with jax.named_scope(f"message_to_input_{l}"):
+                R[l - 1], VR[l - 1] = module_a.message_to_input(layer, U[l], S, TS, W2[l])
+        with jax.named_scope(f"weights_{l}"):
+            W_n, VW_n, m_pl, v_pl, pi, lam = module_b.denoise_layer(
+                layer, *module_a.weight_products(U[l], TU[l], S, TS), beta, R[l - 1] if l > 0 else None)
+        with jax.named_scope(f"bias_{l}"):
+            b_n, vb_n = module_b.denoise_bias(module_a.bias_message(layer.b, S, TS), layer.b0, layer.vb0)
         lam_sum[l] = lam_sum[l] + lam
         bias_post[l] = (b_n, vb_n, lam)
-        layers[l] = layer.replace(
-            W=beta * W_n + (1.0 - beta) * layer.W,
-            VW=jnp.maximum(beta * VW_n + (1.0 - beta) * layer.VW, lo),
-            b=beta * b_n + (1.0 - beta) * layer.b,
-            vb=beta * vb_n + (1.0 - beta) * layer.vb,
-            slab_m=m_pl, slab_v=v_pl, pi=pi)
-    return (layers, S_prev, R, VR, lam_sum, stat, count, P[L - 1], VP[L - 1], bias_post)
+        layers[l] = layer.replace(W=W_n, VW=VW_n, b=beta * b_n + (1.0 - beta) * layer.b,
+                                  vb=beta * vb_n + (1.0 - beta) * layer.vb, slab_m=m_pl, slab_v=v_pl, pi=pi)
+    return (layers, S_prev, R, VR, lam_sum, stat, count, P[L - 1], VP[L - 1], bias_post, log_lik)
 
 
 def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: TdampHParams,
@@ -86,7 +92,8 @@ def damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdamp
 def _damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: TdampHParams,
                     w: jax.Array | None = None):
     """:func:`damp_minibatch` plus the last iteration's undamped bias posteriors and group evidence
-    (list of ``(mean, var, Lambda)``)."""
+    (list of ``(mean, var, Lambda)``) and (classification) its ``(B,)`` predictive log-score
+    (:func:`module_a.probit_log_lik` of the output messages, None for regression)."""
     dtype = state.v.dtype
     x = jnp.asarray(x, dtype)
     B = x.shape[0]
@@ -101,13 +108,16 @@ def _damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdam
     K = layers[-1].W.shape[1]
     zero = jnp.zeros((), dtype)
     bias_post = [(lay.b0, lay.vb0, jnp.zeros_like(lay.lam_acc)) for lay in layers]
+    log_lik = None if hparams.task == "regression" else jnp.zeros((B,), dtype)
     carry = (layers, S_prev, R, VR, lam_sum, zero, zero, jnp.zeros((B, K), dtype), jnp.ones((B, K), dtype),
-             bias_post)
-    body = lambda _, c: _damp_iteration(hparams, x, y, w, state.v, c)
-    carry = jax.lax.fori_loop(0, hparams.n_iter, body, carry)
-    layers, _, _, _, lam_sum, stat, count, P_L, VP_L, bias_post = carry
+             bias_post, log_lik)
+    carry = _damp_iteration(hparams, x, y, w, state.v, carry, first=True)
+    if hparams.n_iter > 1:
+        body = lambda _, c: _damp_iteration(hparams, x, y, w, state.v, c)
+        carry = jax.lax.fori_loop(1, hparams.n_iter, body, carry)
+    layers, _, _, _, lam_sum, stat, count, P_L, VP_L, bias_post, log_lik = carry
     layers = [lay.replace(lam_acc=lay.lam_acc + ls) for lay, ls in zip(layers, lam_sum, strict=True)]
-    return state.replace(layers=layers), ZStats(P=P_L, VP=VP_L, y=y, w=w), stat, count, bias_post
+    return state.replace(layers=layers), ZStats(P=P_L, VP=VP_L, y=y, w=w), stat, count, bias_post, log_lik
 
 
 def set_prior_once(state: TdampState, batch_rows: jax.Array, hparams: TdampHParams) -> TdampState:
@@ -177,7 +187,11 @@ def pasp(state: TdampState, hparams: TdampHParams) -> TdampState:
         s_init = initial_slab_var(hparams, lay.W.shape[0])
         prec = clip_var(lf / lay.slab_v + (1.0 - lf) / s_init)
         precb = clip_var(lf / lay.vb + (1.0 - lf) / hparams.sigmab0_sq)
-        layers.append(lay.replace(mu0=(lf / lay.slab_v) * lay.slab_m / prec, s0=clip_var(1.0 / prec),
+        # in-place updates (module_b.after): after the group evidence (its llr reads the old prior) and the
+        # slab posterior (whose computation reads the old prior)
+        mu0 = module_b.after((lf / lay.slab_v) * lay.slab_m / prec, lay.lam_acc)
+        s0 = module_b.after(clip_var(1.0 / prec), lay.lam_acc, lay.slab_m, lay.slab_v)
+        layers.append(lay.replace(mu0=mu0, s0=s0,
                                   b0=(lf / lay.vb) * lay.b / precb, vb0=clip_var(1.0 / precb)))
     return state.replace(layers=layers)
 
@@ -213,18 +227,19 @@ def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: Tda
         B = x_batch.shape[0]
         rows = jnp.sum(jnp.ones((B,), state.v.dtype) if w is None else jnp.asarray(w, state.v.dtype))
         state = set_prior_once(state, rows, hparams)
-    state, zs, stat, count, bias_post = _damp_minibatch(state, x_batch, y_batch, hparams, w)
+    state, zs, stat, count, bias_post, log_lik = _damp_minibatch(state, x_batch, y_batch, hparams, w)
     if once:
         state = record_sites_once(state, bias_post, rows)
     elif hparams.pasp:
-        state = pasp(state, hparams)
+        with jax.named_scope("pasp"):
+            state = pasp(state, hparams)
     state = state.replace(v_stat=stat, v_count=count, v_stat_acc=state.v_stat_acc + stat,
                           v_count_acc=state.v_count_acc + count, count=state.count + 1)
     wsum = jnp.maximum(jnp.sum(zs.w), 1.0)
     if hparams.task == "regression":
         loss = jnp.sum(zs.w[:, None] * (zs.y - zs.P) ** 2) / (wsum * zs.P.shape[1])
     else:
-        loss = -jnp.sum(zs.w * module_a.probit_log_lik(zs.P, zs.VP, zs.y, state.v)) / wsum
+        loss = -jnp.sum(zs.w * log_lik) / wsum     # = module_a.probit_log_lik(zs.P, zs.VP, zs.y, state.v)
     return state, {"loss": loss, "v": state.v, "zstats": zs}
 
 
@@ -240,7 +255,7 @@ def forward_moments(state: TdampState, x: jax.Array, plug_in: bool = False) -> t
     L = len(state.layers)
     P = VP = None
     for l, lay in enumerate(state.layers):
-        P, VP, _ = module_a.forward_layer(lay, U, TU, jnp.zeros((), dtype))
+        P, VP, _ = module_a.forward_layer(lay, U, TU, None)
         if l < L - 1:
             if plug_in:
                 U, TU = jnp.maximum(P, 0.0), None
