@@ -260,11 +260,7 @@ def _truncated_parts(m: jax.Array, v: jax.Array, sign: float):
     lo, _ = bounds(dtype)
     s = jnp.sqrt(v)
     a = sign * m / s
-    thr_series = -19.5 if f64 else -9.5
-    left = a < thr_series
-    a_m = jnp.where(left, thr_series, a)
-    c = _erfc_nonneg(jnp.abs(a_m) * np.asarray(0.5 * np.sqrt(2.0), dtype))
-    nd = jnp.where(a_m > 0, 1.0 - 0.5 * c, 0.5 * c)
+    left, _, _, a_m, c, nd, _ = _ndtr_parts(a)      # (the unused tail series is dead code to XLA)
     lam = jnp.exp(-0.5 * a_m * a_m) * np.asarray(1.0 / math.sqrt(2.0 * math.pi), dtype) / nd
     thr = _ASYMPTOTIC_A64 if f64 else _ASYMPTOTIC_A
     asym = a < thr

@@ -181,17 +181,16 @@ def message_to_weights(layer: LayerState, U: jax.Array, TU: jax.Array | None, S:
 
     Natural-parameter form of the spec's ``Q = W (1 - V_Q (T_U^T T_S)) + V_Q (U^T S)``:
     ``Q = (W (prec - a) + U^T S) / prec`` with ``prec = (U^2)^T T_S`` (clipped below) and
-    ``a = T_U^T T_S`` (``a = 0`` for known inputs).
+    ``a = T_U^T T_S`` (``a = 0`` for known inputs). This is the spec-form message;
+    :func:`emtdamp.tdamp.module_b.denoise_layer` fuses it with the denoiser for the training step, and
+    ``tests/test_tdamp_fused.py`` checks the fused form against this one.
     """
     lo, _ = bounds(U.dtype)
-    W = layer.W
-    prec_c = jnp.maximum((U * U).T @ TS, lo)
-    corr = prec_c if TU is None else prec_c - TU.T @ TS
-    Q = (W * corr + U.T @ S) / prec_c
-    sb = jnp.sum(TS, axis=0)
-    precb = jnp.maximum(sb, lo)
-    qb = (layer.b * sb + jnp.sum(S, axis=0)) / precb
-    return Gaussian.from_mean_var(Q, 1.0 / prec_c), Gaussian.from_mean_var(qb, 1.0 / precb)
+    uu_ts, tu_ts, u_s = weight_products(U, TU, S, TS)
+    prec_c = jnp.maximum(uu_ts, lo)
+    corr = prec_c if tu_ts is None else prec_c - tu_ts
+    Q = (layer.W * corr + u_s) / prec_c
+    return Gaussian.from_mean_var(Q, 1.0 / prec_c), bias_message(layer.b, S, TS)
 
 
 def weight_llr(lik_mean: jax.Array, lik_var: jax.Array, mu0: jax.Array, s0: jax.Array) -> jax.Array:
