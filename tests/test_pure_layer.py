@@ -67,22 +67,24 @@ def test_one_step_matches_the_closed_form_energy_gradient():
     np.testing.assert_array_equal(np.asarray(new.latents.kappa0[0]), 0.4)
 
 
-def test_sghmc_sa_pure_layer_equals_the_registered_method():
+@pytest.mark.parametrize("sa_every", [1, 3])
+def test_sghmc_sa_pure_layer_equals_the_registered_method(sa_every):
     """On an MLP classifier with every kernel selected, the pure sampler fed the method's own noise keys
-    follows the registered ``sghmc_sa`` exactly (same energy, move, SA update and schedules)."""
+    follows the registered ``sghmc_sa`` exactly (same energy, move, SA update and schedules), also with the
+    latents updated every third step only."""
     rng = np.random.default_rng(3)
     n, d, k = 64, 5, 3
     x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
     y = jnp.asarray(rng.integers(0, k, size=n), jnp.int32)
     spec = DataSpec(task="classification", n_features=d, n_outputs=k, n_train=n)
-    hp = SGMCMCHParams(learning_rate=2e-3, weight_decay=1e-3, omega_z=1.0)
+    hp = SGMCMCHParams(learning_rate=2e-3, weight_decay=1e-3, omega_z=1.0, sa_every=sa_every)
     algo = get_method("sghmc_sa").build(ModelSpec(hidden=(8,)), spec, hp)
     ms = algo.init(jax.random.PRNGKey(0))
 
     def loglik(p, batch):
         return -optax.softmax_cross_entropy_with_integer_labels(mlp.apply(p, batch.x, "relu"), batch.y)
 
-    pure = sghmc_sa(loglik, n)
+    pure = sghmc_sa(loglik, n, sa_every=sa_every)
     ps = pure.init(ms.params, learning_rate=2e-3, weight_decay=1e-3, omega_z=1.0)
     assert selected_indices(ms.params, is_kernel) == (1, 3)   # [bias0, kernel0, bias1, kernel1]
     m_step, p_step = jax.jit(algo.step), jax.jit(pure.step)
@@ -103,6 +105,8 @@ def test_sghmc_sa_pure_layer_equals_the_registered_method():
 def test_sa_sampler_refuses_bad_arguments():
     with pytest.raises(ValueError, match="sampler must be"):
         sa_sampler(lambda p, b: jnp.zeros(1), 10, sampler="nuts")
+    with pytest.raises(ValueError, match="sa_every must be >= 1"):
+        sa_sampler(lambda p, b: jnp.zeros(1), 10, sa_every=0)
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         sghmc_sa(lambda p, b: jnp.zeros(1), 10).init({"kernel": jnp.ones((2, 2))}, learning_rate=0.0)
 

@@ -486,3 +486,73 @@ def test_mnist5k_pruning_to_90_percent(tmp_path):
     s = json.loads((run_dir / "summary.json").read_text())
     assert abs(s["sparsity"]["weights_zero_frac"] - 0.9) <= 1e-3
     assert s["test"]["accuracy"] > 0.8
+
+
+# --------------------------------------------------------------------------------------------------
+# sa_every: one latent update standing for several iterations
+# --------------------------------------------------------------------------------------------------
+def test_omega_compounded_against_numpy_product(x64):
+    """``1 − Π_j (1 − ω_j)`` over the window ending at ``count``, against the plain product in float64."""
+    s = ssgl.omega_schedule("sa", A=3.0, Z=10.0, alpha=0.6, cap=0.5)
+    for every in (1, 2, 4, 7):
+        for count in (every - 1, 50, 999):
+            om = 3.0 * (10.0 + np.arange(count - every + 1, count + 1)) ** -0.6
+            want = 1.0 - np.prod(1.0 - np.minimum(0.5, om))
+            np.testing.assert_allclose(ssgl.omega_compounded(s, jnp.asarray(count), every), want, rtol=1e-12)
+    np.testing.assert_array_equal(ssgl.omega_compounded(ssgl.omega_schedule("em"), jnp.asarray(9), 4), 1.0)
+    np.testing.assert_array_equal(ssgl.omega_compounded(ssgl.omega_schedule("none"), jnp.asarray(9), 4), 0.0)
+    np.testing.assert_array_equal(ssgl.omega_compounded(s, jnp.asarray(9), 1), ssgl.omega_value(s, jnp.asarray(9)))
+    # small steps keep their relative precision in float32 (no 1 − (1 − ω) cancellation)
+    tiny = ssgl.omega_schedule("sa", A=1e-6, Z=1.0, alpha=0.0, cap=1.0, dtype=jnp.float32)
+    got = float(ssgl.omega_compounded(tiny, jnp.asarray(3), 4))
+    np.testing.assert_allclose(got, 1.0 - (1.0 - 1e-6) ** 4, rtol=1e-6)
+
+
+def test_compounded_step_moves_rho_as_the_steps_it_stands_for(x64):
+    """With the sample fixed (ρ̃ constant), ``every`` SA steps on ρ equal one step with the compounded ω."""
+    rng = np.random.default_rng(5)
+    xs = [jnp.asarray(rng.normal(scale=0.3, size=(20, 3)))]
+    lat = ssgl.latents_from_values(rho=[jnp.asarray(rng.uniform(0.01, 0.99, (20, 3)))],
+                                   kappa0=[jnp.ones((20, 3))], kappa1=[jnp.ones((20, 3))],
+                                   delta=jnp.asarray([0.3]), sigma2=jnp.asarray(0.7))
+    hyper = ssgl.ssgl_hyper(1, learn_delta=False, learn_sigma=False)
+    s = ssgl.omega_schedule("sa", A=1.0, Z=5.0, alpha=0.7)
+    many = lat
+    for k in range(8, 12):
+        many = ssgl.sa_update(many, xs, ssgl.omega_value(s, jnp.asarray(k)), hyper)
+    one = ssgl.sa_update(lat, xs, ssgl.omega_compounded(s, jnp.asarray(11), 4), hyper)
+    np.testing.assert_allclose(one.rho[0], many.rho[0], rtol=1e-12)
+    np.testing.assert_allclose(one.log1m_rho[0], many.log1m_rho[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_sa_every_updates_latents_on_every_kth_step_only(task):
+    """The method's latents stay put between updates and, on every ``sa_every``-th step, move by one
+    :func:`ssgl.sa_update` at the new sample with the compounded step (recomputed here from the state)."""
+    x, y, spec = _toy(task)
+    every = 3
+    hp = SGMCMCHParams(learning_rate=1e-4, sa_every=every, noise="sa" if task == "regression" else "sample")
+    algo = get_method("sghmc_sa").build(ModelSpec(hidden=(8,)), spec, hp)
+    st = algo.init(jax.random.key(0))
+    step = jax.jit(algo.step)
+    for i in range(7):
+        b = Batch(x[8 * i:8 * i + 16], y[8 * i:8 * i + 16], jnp.ones(16))
+        new, _ = step(st, b)
+        if (i + 1) % every:
+            for u, v in zip(_leaves(new.latents), _leaves(st.latents), strict=True):
+                np.testing.assert_array_equal(u, v)
+        else:
+            xs = [new.params[j]["kernel"] for j in range(len(new.params))]
+            w = sgmcmc.omega_compounded(st.omega, st.count, every)
+            kw = {}
+            if task == "regression":   # the residuals of the same minibatch at the new sample, NumPy forward
+                p = [{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in new.params]
+                h = np.maximum(np.asarray(b.x, np.float64) @ p[0]["kernel"] + p[0]["bias"], 0.0)
+                out = h @ p[1]["kernel"] + p[1]["bias"]
+                rss = spec.n_train / 16.0 * np.sum((out - np.asarray(b.y)) ** 2)
+                kw = {"n_obs": float(spec.n_train), "rss": jnp.asarray(rss, jnp.float32)}
+            want = ssgl.sa_update(st.latents, xs, w, st.hyper, **kw)
+            for u, v in zip(_leaves(new.latents), _leaves(want), strict=True):
+                np.testing.assert_allclose(u, v, rtol=2e-5, atol=1e-6)
+            assert not np.allclose(new.latents.rho[0], st.latents.rho[0])
+        st = new

@@ -158,6 +158,9 @@ class SGMCMCHParams:
     omega_z: float = hparam(100.0, range=(0.0, 1e12), doc="ω_k: Z")
     omega_alpha: float = hparam(0.7, range=(0.0, 1.0), doc="ω_k: α")
     omega_cap: float = hparam(1.0, range=(0.0, 1.0), doc="ω_k: cap")
+    sa_every: int = hparam(1, range=(1, 10_000),
+                           doc="SA latent update every this many iterations, with the compounded step "
+                               "1 − Π(1 − ω_j) over those iterations (1 = every iteration, the papers' Algorithm 1)")
     prune_target: float = hparam(0.0, range=(0.0, 1.0), doc="S: target share of zero kernel weights (0 = off)")
     prune_damping: float = hparam(0.99, range=(0.0, 1.0), doc="D of s_k = S (1 − D^{k/U})")
     prune_gap: float = hparam(50.0, range=(1e-9, 1e12), doc="U of s_k = S (1 − D^{k/U}) (iterations)")
@@ -220,6 +223,7 @@ class SGMCMCStatic:
     magnitude: bool
     rho_prune: bool
     prune_every: int
+    sa_every: int
     n_train: int
     n_out: int
     n_samples: int
@@ -337,7 +341,7 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
                                        for nm, sh in zip(names, kshape, strict=True)), sampler=sampler,
                            sparse=sparse, prune_layers=prune_layers if pruning else (),
                            magnitude=hp.prune_target > 0, rho_prune=hp.rho_prune_step > 0,
-                           prune_every=hp.prune_every, n_train=data.n_train, n_out=data.n_outputs,
+                           prune_every=hp.prune_every, sa_every=hp.sa_every, n_train=data.n_train, n_out=data.n_outputs,
                            n_samples=hp.n_samples, noise=hp.noise, noise_prior=hp.noise_prior,
                            lr_curvature=hp.lr_units == "curvature")
 
@@ -445,10 +449,18 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
             if sparse and omega_mode != "none":   # ω ≡ 0 (sgld, sghmc, a_sghmc): the latents never move
                 xs = kernels_of(params, sparse)
                 frozen = {"delta_frozen": not hp.learn_delta, "sigma_frozen": not hp.learn_sigma}
-                if regression and cfg.noise != "sample":   # σ² is (sa) or tracks (fixed, UCI code) the noise
-                    lat = sg.sa_update(lat, xs, omega, state.hyper, n_obs=n_obs, rss=rss, **frozen)
-                else:                                         # σ² only scales the prior: weights-only update
-                    lat = sg.sa_update(lat, xs, omega, state.hyper, **frozen)
+                with_noise = regression and cfg.noise != "sample"   # σ² is (sa) or tracks (fixed, UCI) the noise
+
+                def sa(lat, w):
+                    if with_noise:
+                        return sg.sa_update(lat, xs, w, state.hyper, n_obs=n_obs, rss=rss, **frozen)
+                    return sg.sa_update(lat, xs, w, state.hyper, **frozen)   # σ² only scales the prior
+
+                if cfg.sa_every == 1:
+                    lat = sa(lat, omega)
+                else:   # one update standing for the last sa_every iterations (docs/sgmcmc_sa.md, speed)
+                    w = sg.omega_compounded(state.omega, state.count, cfg.sa_every)
+                    lat = jax.lax.cond((state.count + 1) % cfg.sa_every == 0, sa, lambda lat, _: lat, lat, w)
             noise_var = state.noise_var
             if regression and cfg.noise == "sample":   # Gibbs step s² | β (stochastic-gradient)
                 k_s2 = jax.random.fold_in(rng, 1)

@@ -53,6 +53,7 @@ from emtdamp.sgmcmc.ssgl import (
     SSGLHyper,
     SSGLLatents,
     init_latents,
+    omega_compounded,
     omega_schedule,
     omega_value,
     sa_update,
@@ -97,7 +98,7 @@ class SAInfo(NamedTuple):
 
 
 def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, select: LeafFilter = is_kernel,
-               sampler: str = "sghmc", noise_dist: str = DEFAULT_NOISE) -> SamplingAlgorithm:
+               sampler: str = "sghmc", noise_dist: str = DEFAULT_NOISE, sa_every: int = 1) -> SamplingAlgorithm:
     """SG-MCMC with the SSGL prior and SA latents over any params pytree (see the module docstring).
 
     Parameters
@@ -115,6 +116,10 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
     noise_dist:
         The injected noise: ``"three_point"`` (default) or ``"gaussian"``
         (:func:`emtdamp.sgmcmc.kernels.noise`).
+    sa_every:
+        Static. The latents move on every ``sa_every``-th step only, by one SA step with the compounded
+        ``1 − Π(1 − ω_j)`` of the steps it stands for (:func:`emtdamp.sgmcmc.ssgl.omega_compounded`);
+        1 (default) = every step, the papers' Algorithm 1. Cuts the per-weight latent work by that factor.
 
     Returns
     -------
@@ -133,6 +138,8 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
     if sampler not in ("sghmc", "sgld"):
         raise ValueError(f"sampler must be 'sghmc' or 'sgld', got {sampler!r}")
     check_noise_dist(noise_dist)
+    if sa_every < 1:
+        raise ValueError(f"sa_every must be >= 1, got {sa_every}")
 
     def split(position):
         leaves, treedef = jax.tree_util.tree_flatten(position)
@@ -192,7 +199,13 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
                                     state.inv_temp, noise_dist)
         omega = omega_value(state.omega, state.count)
         leaves, _, sel = split(pos)
-        lat = sa_update(state.latents, [leaves[i] for i in sel], omega, state.hyper) if sel else state.latents
+        lat = state.latents
+        if sel and sa_every == 1:
+            lat = sa_update(lat, [leaves[i] for i in sel], omega, state.hyper)
+        elif sel:
+            w = omega_compounded(state.omega, state.count, sa_every)
+            lat = jax.lax.cond((state.count + 1) % sa_every == 0,
+                               lambda lt: sa_update(lt, [leaves[i] for i in sel], w, state.hyper), lambda lt: lt, lat)
         new = state.replace(position=pos, momentum=mom, latents=lat, count=state.count + 1,
                             inv_temp=state.inv_temp * state.anneal_rate)
         return new, SAInfo(energy=u, step_size=eps, omega=omega)
@@ -201,12 +214,12 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
 
 
 def sghmc_sa(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *,
-             select: LeafFilter = is_kernel, noise_dist: str = DEFAULT_NOISE) -> SamplingAlgorithm:
+             select: LeafFilter = is_kernel, noise_dist: str = DEFAULT_NOISE, sa_every: int = 1) -> SamplingAlgorithm:
     """SGHMC-SA: :func:`sa_sampler` with ``sampler="sghmc"``."""
-    return sa_sampler(loglik_fn, n_data, select=select, sampler="sghmc", noise_dist=noise_dist)
+    return sa_sampler(loglik_fn, n_data, select=select, sampler="sghmc", noise_dist=noise_dist, sa_every=sa_every)
 
 
 def sgld_sa(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *,
-            select: LeafFilter = is_kernel, noise_dist: str = DEFAULT_NOISE) -> SamplingAlgorithm:
+            select: LeafFilter = is_kernel, noise_dist: str = DEFAULT_NOISE, sa_every: int = 1) -> SamplingAlgorithm:
     """SGLD-SA: :func:`sa_sampler` with ``sampler="sgld"``."""
-    return sa_sampler(loglik_fn, n_data, select=select, sampler="sgld", noise_dist=noise_dist)
+    return sa_sampler(loglik_fn, n_data, select=select, sampler="sgld", noise_dist=noise_dist, sa_every=sa_every)

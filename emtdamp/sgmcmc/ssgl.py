@@ -400,3 +400,16 @@ def omega_value(s: OmegaSchedule, count: jax.Array) -> jax.Array:
     """``ω_k`` at iteration ``k = count``."""
     k = jnp.asarray(count, s.A.dtype)
     return jnp.minimum(s.cap, s.A * (k + s.Z) ** (-s.alpha))
+
+
+def omega_compounded(s: OmegaSchedule, count: jax.Array, every: int) -> jax.Array:
+    """The SA step of one update standing for the ``every`` steps ``k = count − every + 1, …, count``:
+    ``1 − Π_j (1 − ω_j)`` (``every`` static; ``every = 1`` gives ``ω_count``).
+
+    ``every`` successive SA steps toward one fixed target ``t`` give ``p ← Π(1 − ω_j) p + (1 − Π(1 − ω_j)) t``,
+    so one step with this ``ω`` moves ``ρ`` exactly as they would whenever ``ρ̃`` does not change within the
+    window (the latents' ``sa_every``). ``ω ≡ 1`` (EM) gives 1 and ``ω ≡ 0`` gives 0, exactly; computed as
+``−expm1(Σ log1p(−ω_j))``, so small steps keep their relative precision.
+    """
+    log_keep = sum(jnp.log1p(-omega_value(s, count - j)) for j in range(every))   # log Π(1 − ω_j), ≤ 0
+    return -jnp.expm1(log_keep)                 # no cancellation for small ω
