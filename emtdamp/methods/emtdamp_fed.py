@@ -17,6 +17,9 @@ Round r:
    (the outputs z_L live on disjoint samples, so their global posterior is the product of the local
    ones). The aggregate with the new rho becomes the next round's prior: ``W_hat = rho mu0``,
    ``V_W = rho (s0 + mu0^2) - W_hat^2``.
+   The aggregate is ``finish(reduce(...))``: ``reduce`` sums over clients (natural parameters, logits,
+   evidence, v statistics, weight sum, live count; additive, so rounds can stream chunks of clients,
+   ``client_chunk``), ``finish`` applies the rule and the M-step.
 5. pruning (spec §4) runs at the server after each round, on the summed client evidence.
 """
 
