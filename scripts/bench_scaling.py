@@ -2,7 +2,8 @@
 
     python scripts/bench_scaling.py [--sizes 128,512,512-512,1024-1024] [--methods adam,sghmc,...]
                                     [--repeats 5] [--platform cpu|gpu] [--out benchmarks/scaling]
-                                    [--fed-clients 10,100,1000,10000]
+                                    [--fed-clients 10,100,1000,10000] [--fed-data mnist5k|fashion_mnist]
+                                    [--fed-chunk 256] [--fed-rounds 3]
 
 What is timed is what users run: each method is built from its shipped MNIST-5k config (``model.hidden``
 replaced by the size under test) and trained through the library's own epoch program
@@ -16,7 +17,12 @@ All programs of one size are compiled first (``compile_s``: epoch + ``end_epoch`
 *interleaved* (every repeat times one epoch of every method in turn), so a load change on the shared
 machine hits every method alike; ``min_s`` is the fastest epoch, ``spread`` = (max − min) / min.
 Ratios use the minima. ``--fed-clients`` adds the federated rounds (``emtdamp_fed`` and ``fedavg`` of
-configs/fed_mnist5k.yaml, s/round and the process's peak resident memory) at those client counts.
+configs/fed_mnist5k.yaml, or configs/fed_fashion_mnist.yaml with ``--fed-data fashion_mnist``; Dirichlet(0.5)
+split, full participation) at those client counts: the median s/round over ``--fed-rounds`` rounds and the
+peak resident memory of a fresh process running only that row. ``--fed-chunk`` (a comma list: one row per
+value) sets ``method.client_chunk``, the clients vmapped at once (0 = all selected clients in one vmap).
+Where Dirichlet(0.5) cannot give every client a row, the row falls back to an iid split and says so in its
+note.
 
 Writes ``OUT.md`` and ``OUT.csv`` (``--out``; none with ``--out ''``).
 """
@@ -25,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -199,35 +207,78 @@ def bench_size(hidden, methods, repeats, batch, seed, datasets) -> list[dict]:
     return rows
 
 
-def fed_rows(clients: list[int], rounds: int, seed: int) -> list[dict]:
-    """s/round and peak RSS of the federated methods of configs/fed_mnist5k.yaml at each client count."""
+FED_CONFIGS = {"mnist5k": ("configs/fed_mnist5k.yaml", 0.9), "fashion_mnist": ("configs/fed_fashion_mnist.yaml", 0.85)}
+
+
+def fed_one(name: str, clients: int, chunk: int, data: str, rounds: int, partition: str = "dirichlet") -> dict:
+    """One federated row in this process: ``rounds`` rounds of ``name`` over ``clients`` clients of ``data``
+    (the method block of :data:`FED_CONFIGS`' config, ``client_chunk = chunk``); s/round and peak RSS."""
     from emtdamp.config import load_config
+    from emtdamp.loops.federated import chunk_layout
     from emtdamp.runs import run_config
 
+    path, target = FED_CONFIGS[data]
+    block = f"{{name: {name}, n_clients: {clients}, partition: {partition}, alpha: 0.5, target: {target}"
+    block += ", beta: 1.0, gamma: 1.0, aggregation: tempered, server_step: 0.3" if name == "emtdamp_fed" \
+        else ", optimizer: adam, learning_rate: 0.001"
+    block += f", client_chunk: {chunk}}}"
+    cfg = load_config(ROOT / path, [f"method={block}", f"train.epochs={rounds}", f"train.eval_every={rounds}",
+                                    "train.progress=false", "output.checkpoint=false", "output.plots=false"])
+    n_chunks, per_chunk = chunk_layout(clients, chunk)
+    t = time.perf_counter()
+    _, summary, _ = run_config(cfg, run_dir=f"/tmp/bench_scaling_fed/{data}-{name}-{clients}-{chunk}", progress=False)
+    return {"data": data, "method": name, "clients": clients, "partition": partition, "chunk": chunk,
+            "layout": f"{n_chunks}x{per_chunk}", "s_per_round": summary["time"].get("per_round_s", float("nan")),
+            "compile_s": summary["time"].get("compile_s", float("nan")), "wall_s": time.perf_counter() - t,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "error": ""}
+
+
+def fed_rows(clients: list[int], rounds: int, data: str, chunks: list[int]) -> list[dict]:
+    """s/round and peak RSS of the federated methods at each client count and chunk, each row in a fresh
+    process (``--fed-one``) so its peak RSS is its own."""
     rows = []
     for k in clients:
-        for name in ("emtdamp_fed", "fedavg"):
-            block = f"{{name: {name}, n_clients: {k}, partition: dirichlet, alpha: 0.5, target: 0.9"
-            block += ", beta: 1.0, gamma: 1.0, aggregation: tempered, server_step: 0.3}" if name == "emtdamp_fed" \
-                else ", optimizer: adam, learning_rate: 0.001}"
-            cfg = load_config(ROOT / "configs/fed_mnist5k.yaml",
-                              [f"method={block}", f"train.epochs={rounds}", f"train.eval_every={rounds}",
-                               "train.progress=false", "output.checkpoint=false", "output.plots=false"])
-            t = time.perf_counter()
-            try:
-                _, summary, _ = run_config(cfg, run_dir=f"/tmp/bench_scaling_fed/{name}-{k}", progress=False)
-                per = summary["time"].get("per_round_s", float("nan"))
-                err = ""
-            except Exception as e:   # noqa: BLE001  (a client count a method refuses: report, go on)
-                per, err = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-            rows.append({"method": name, "clients": k, "s_per_round": per, "wall_s": time.perf_counter() - t,
-                         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "error": err})
-            print(f"  fed {name:<12} clients {k:>6}  {per:.4f} s/round  peak RSS "
-                  f"{rows[-1]['peak_rss_mb']:.0f} MB {err}", flush=True)
+        for chunk in chunks:
+            for name in ("emtdamp_fed", "fedavg"):
+                row = None
+                for partition in ("dirichlet", "iid"):
+                    spec = json.dumps({"name": name, "clients": k, "chunk": chunk, "data": data, "rounds": rounds,
+                                       "partition": partition})
+                    out = subprocess.run([sys.executable, __file__, "--fed-one", spec], capture_output=True,
+                                         text=True)
+                    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("FEDROW ")]
+                    row = json.loads(lines[-1][7:]) if lines else {
+                        "data": data, "method": name, "clients": k, "partition": partition, "chunk": chunk,
+                        "layout": "", "s_per_round": float("nan"), "compile_s": float("nan"), "wall_s": float("nan"),
+                        "peak_rss_mb": float("nan"), "error": f"exit {out.returncode}: "
+                        + (out.stderr.strip().splitlines() or [""])[-1][:160]}
+                    if partition == "dirichlet" and "could not draw a Dirichlet" in row["error"]:
+                        continue   # Dirichlet(0.5) leaves a client empty: fall back to iid and say so
+                    break
+                if row["partition"] == "iid" and not row["error"]:
+                    row["error"] = f"iid split: Dirichlet(0.5) could not give every one of the {k} clients a row"
+                rows.append(row)
+                print(f"  fed {data} {name:<12} clients {k:>6} chunk {chunk:>5} ({row['layout']})  "
+                      f"{row['s_per_round']:.4f} s/round  peak RSS {row['peak_rss_mb']:.0f} MB  "
+                      f"[{row['partition']}] {row['error']}", flush=True)
     return rows
 
 
-def render(rows: list[dict], fed: list[dict], header: str) -> str:
+def fed_one_main(spec: str) -> int:
+    """``--fed-one JSON``: run :func:`fed_one` and print its row as ``FEDROW {json}``."""
+    a = json.loads(spec)
+    try:
+        row = fed_one(a["name"], a["clients"], a["chunk"], a["data"], a["rounds"], a["partition"])
+    except Exception as e:   # noqa: BLE001  (a client count a method refuses: report, go on)
+        row = {"data": a["data"], "method": a["name"], "clients": a["clients"], "partition": a["partition"],
+               "chunk": a["chunk"], "layout": "", "s_per_round": float("nan"), "compile_s": float("nan"),
+               "wall_s": float("nan"), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+    print("FEDROW " + json.dumps(row), flush=True)
+    return 0
+
+
+def render(rows: list[dict], fed: list[dict], header: str, fed_header: str = "") -> str:
     lines = [header, "",
              "| network | method | min s/epoch | median s | spread | × adam | × GEMM | compile s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -235,10 +286,12 @@ def render(rows: list[dict], fed: list[dict], header: str) -> str:
         lines.append(f"| {r['network']} | {r['method']} | {r['min_s']:.4f} | {r['median_s']:.4f} | "
                      f"{100 * r['spread']:.0f}% | {r['x_adam']:.2f} | {r['x_gemm']:.2f} | {r['compile_s']:.2f} |")
     if fed:
-        lines += ["", "| method | clients | s/round | peak RSS MB (process) | note |", "|---|---|---|---|---|"]
+        lines += ["", fed_header, "", "| data | method | clients | partition | client_chunk (chunks x clients) | "
+                  "s/round | compile s | peak RSS MB (row's process) | note |", "|---|---|---|---|---|---|---|---|---|"]
         for r in fed:
-            lines.append(f"| {r['method']} | {r['clients']} | {r['s_per_round']:.4f} | {r['peak_rss_mb']:.0f} | "
-                         f"{r['error']} |")
+            lines.append(f"| {r['data']} | {r['method']} | {r['clients']} | {r['partition']} | {r['chunk']} "
+                         f"({r['layout']}) | {r['s_per_round']:.4f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} "
+                         f"| {r['error']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -252,8 +305,15 @@ def main(argv=None) -> int:
     p.add_argument("--platform", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--fed-clients", default="", help="e.g. 10,100,1000,10000 (empty: no federated rows)")
     p.add_argument("--fed-rounds", type=int, default=3)
+    p.add_argument("--fed-data", default="mnist5k", choices=sorted(FED_CONFIGS),
+                   help="federated rows' dataset (fashion_mnist: 60,000 rows, enough for 10,000 clients)")
+    p.add_argument("--fed-chunk", default="256",
+                   help="method.client_chunk of the federated rows, comma list (0 = all clients in one vmap)")
+    p.add_argument("--fed-one", default="", help=argparse.SUPPRESS)   # internal: one federated row (JSON)
     p.add_argument("--out", default="benchmarks/scaling", help="output stem (OUT.md, OUT.csv); '' = print only")
     args = p.parse_args(argv)
+    if args.fed_one:
+        return fed_one_main(args.fed_one)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -277,12 +337,18 @@ def main(argv=None) -> int:
             print(f"{r['network']:<18}{r['method']:<10}{r['min_s']:>9.4f} s  med {r['median_s']:.4f}  "
                   f"spread {100 * r['spread']:3.0f}%  x adam {r['x_adam']:5.2f}  x gemm {r['x_gemm']:6.2f}  "
                   f"compile {r['compile_s']:6.2f} s", flush=True)
-    fed = fed_rows([int(v) for v in args.fed_clients.split(",") if v.strip()], args.fed_rounds, args.seed) \
-        if args.fed_clients else []
+    fed = fed_rows([int(v) for v in args.fed_clients.split(",") if v.strip()], args.fed_rounds, args.fed_data,
+                   [int(v) for v in args.fed_chunk.split(",") if v.strip()]) if args.fed_clients else []
+    fed_header = ""
+    if fed:
+        fed_header = (f"Federated rows: `--fed-clients {args.fed_clients} --fed-data {args.fed_data} --fed-chunk "
+                      f"{args.fed_chunk} --fed-rounds {args.fed_rounds}` ({FED_CONFIGS[args.fed_data][0]}, "
+                      f"784-128-10, 1 local epoch, all clients every round; median of {args.fed_rounds} rounds; each "
+                      f"row in a fresh process).")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(render(rows, fed, header))
+        out.with_suffix(".md").write_text(render(rows, fed, header, fed_header))
         with out.with_suffix(".csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()

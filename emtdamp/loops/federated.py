@@ -8,7 +8,10 @@ state; ``client_update`` maps
 combines the stacked messages of the selected clients into the next server state. The round runner
 (:func:`make_round_fn`) selects clients, runs ``vmap(client_update)`` over them — inside
 ``shard_map`` over a 1-D device mesh when several devices are present — and aggregates, all in one
-jitted call. There is no Python loop over clients in the hot path.
+jitted call. There is no Python loop over clients in the hot path. With ``client_chunk > 0`` the selected
+clients run as a ``lax.scan`` over chunks of at most that many, each chunk vmapped and folded into the
+method's additive ``reduce`` partial, then ``finish``: peak memory scales with the chunk, not with the
+number of clients per round.
 """
 
 from __future__ import annotations
@@ -78,32 +81,97 @@ def client_updates(fm: FedAlgorithm) -> Callable:
     return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))
 
 
-def make_round_fn(fm: FedAlgorithm, n_selected: int, devices: list | None = None) -> Callable:
-    """``round(server, key, X, Y, M, counts) -> server``: select ``n_selected`` clients, update them
+def chunk_layout(n_selected: int, client_chunk: int, n_dev: int = 1) -> tuple[int, int]:
+    """``(n_chunks, chunk)`` of a chunked round: ``client_chunk`` is first rounded up to a multiple of the
+    device count ``n_dev`` (each chunk is split evenly over the devices), then the ``n_chunks =
+    ceil(n_selected / chunk)`` chunks are balanced: ``chunk = n_dev * ceil(ceil(n_selected / n_chunks) / n_dev)``
+    (never above the rounded ``client_chunk``), so the weight-0 filler clients number fewer than
+    ``n_chunks * n_dev``. ``client_chunk = 0`` (or one chunk holding all) gives ``(1, n_dev *
+    ceil(n_selected / n_dev))``, the unchunked round."""
+    pad_all = n_dev * math.ceil(n_selected / n_dev)
+    if client_chunk <= 0:
+        return 1, pad_all
+    chunk = n_dev * math.ceil(client_chunk / n_dev)
+    n_chunks = math.ceil(n_selected / chunk)
+    if n_chunks == 1:
+        return 1, pad_all
+    return n_chunks, n_dev * math.ceil(math.ceil(n_selected / n_chunks) / n_dev)
+
+
+def make_round_fn(fm: FedAlgorithm, n_selected: int, devices: list | None = None, client_chunk: int = 0,
+                  name: str = "this method") -> Callable:
+    """``round(server, key, X, Y, M, counts) -> (server, sel)``: select ``n_selected`` clients, update them
     in parallel (vmap; shard_map over ``devices`` when more than one), aggregate.
 
-    ``X (K, n_max, d)``, ``Y (K, n_max, ...)``, ``M (K, n_max)``, ``counts (K,)`` hold all clients.
-    With D devices the selected set is padded to a multiple of D by repeating clients with
-    aggregation weight 0.
+    ``X (K, n_max, d)``, ``Y (K, n_max, ...)``, ``M (K, n_max)``, ``counts (K,)`` hold all clients;
+    ``sel (n_selected,)`` are the clients drawn. With D devices the selected set is padded to a multiple of
+    D by repeating clients with aggregation weight 0.
+
+    ``client_chunk > 0`` (static) with fewer than ``n_selected`` clients per chunk: the clients run as a
+    ``lax.scan`` over :func:`chunk_layout`'s ``n_chunks`` chunks (the chunk is rounded up to a multiple of
+    D and balanced; filler clients of weight 0 complete the last slots), each chunk
+    ``vmap(client_update)`` (inside ``shard_map``, one ``psum`` of the partial per chunk, when D > 1) and
+    folded into the sum of the method's ``reduce`` partials; then ``finish``. Peak memory scales with the
+    chunk. Slot ``j`` gets the same client and key as in the unchunked round, so the result equals it up to
+    float summation order. Needs ``fm.reduce`` and ``fm.finish`` (ValueError naming ``name`` otherwise).
     """
     devices = list(devices) if devices is not None else jax.devices()
     n_dev = len(devices)
-    m_pad = n_dev * math.ceil(n_selected / n_dev)
+    if client_chunk > 0 and (fm.reduce is None or fm.finish is None):
+        raise ValueError(f"{name}: client_chunk={client_chunk} needs streaming aggregation (FedAlgorithm.reduce "
+                         f"and .finish), which this method lacks; set client_chunk=0 or give it reduce/finish")
+    n_chunks, chunk = chunk_layout(n_selected, client_chunk, n_dev)
     updates = client_updates(fm)
+    mesh = Mesh(np.array(devices), ("clients",)) if n_dev > 1 else None
+    c = PartitionSpec("clients")
+
+    if n_chunks == 1:
+        m_pad = chunk
+        if n_dev > 1:
+            updates = jax.shard_map(updates, mesh=mesh, in_specs=(PartitionSpec(), c, c, c, c), out_specs=c,
+                                    check_vma=False)
+
+        def round_fn(server, key, X, Y, M, counts):
+            sel, keys = select_clients(key, X.shape[0], n_selected, m_pad)
+            weights = counts[sel].astype(X.dtype) * (jnp.arange(m_pad) < n_selected)
+            msgs = updates(server, X[sel], Y[sel], M[sel], keys)
+            return fm.aggregate(server, msgs, weights), sel[:n_selected]
+
+        return jax.jit(round_fn)
+
+    m_tot = n_chunks * chunk
+
+    def partial_of(server, x, y, m, k, w):
+        return fm.reduce(server, updates(server, x, y, m, k), w)
 
     if n_dev > 1:
-        mesh = Mesh(np.array(devices), ("clients",))
-        c = PartitionSpec("clients")
-        updates = jax.shard_map(updates, mesh=mesh, in_specs=(PartitionSpec(), c, c, c, c), out_specs=c,
-                                check_vma=False)
+        def summed(server, x, y, m, k, w):
+            return jax.lax.psum(partial_of(server, x, y, m, k, w), "clients")
 
-    def round_fn(server, key, X, Y, M, counts):
-        sel, keys = select_clients(key, X.shape[0], n_selected, m_pad)
-        weights = counts[sel].astype(X.dtype) * (jnp.arange(m_pad) < n_selected)
-        msgs = updates(server, X[sel], Y[sel], M[sel], keys)
-        return fm.aggregate(server, msgs, weights), sel[:n_selected]
+        chunk_partial = jax.shard_map(summed, mesh=mesh, in_specs=(PartitionSpec(), c, c, c, c, c),
+                                      out_specs=PartitionSpec(), check_vma=False)
+    else:
+        chunk_partial = partial_of
 
-    return jax.jit(round_fn)
+    def chunked_round_fn(server, key, X, Y, M, counts):
+        sel, keys = select_clients(key, X.shape[0], n_selected)
+        slot = jnp.arange(m_tot) % n_selected                  # slot j < n_selected keeps client and key j
+        sel_c = sel[slot].reshape(n_chunks, chunk)
+        keys_c = keys[slot].reshape(n_chunks, chunk, *keys.shape[1:])
+        w_c = (counts[sel[slot]].astype(X.dtype) * (jnp.arange(m_tot) < n_selected)).reshape(n_chunks, chunk)
+
+        def body(acc, xs):
+            s, k, w = xs
+            part = chunk_partial(server, X[s], Y[s], M[s], k, w)
+            return jax.tree_util.tree_map(jnp.add, acc, part), None
+
+        per_chunk = [jax.ShapeDtypeStruct((chunk, *a.shape[1:]), a.dtype) for a in (X, Y, M)]
+        shapes = jax.eval_shape(chunk_partial, server, *per_chunk, keys_c[0], w_c[0])
+        zero = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+        total, _ = jax.lax.scan(body, zero, (sel_c, keys_c, w_c))
+        return fm.finish(server, total), sel
+
+    return jax.jit(chunked_round_fn)
 
 
 @functools.lru_cache(maxsize=16)
@@ -169,7 +237,7 @@ def train_federated(fm: FedMethod, hp, model: ModelSpec, data: Dataset, *, round
     k_init, k_loop = jax.random.split(key)
     algo = fm.build(model, data.spec, hp, batch_size)
     server = algo.init(k_init)
-    round_fn = make_round_fn(algo, n_sel, devices)
+    round_fn = make_round_fn(algo, n_sel, devices, client_chunk=hp.client_chunk, name=fm.name)
     t0 = time.perf_counter()
     compiled = round_fn.lower(server, k_loop, X, Y, M, counts).compile()
     compile_s = time.perf_counter() - t0

@@ -17,12 +17,16 @@ Round r:
    (the outputs z_L live on disjoint samples, so their global posterior is the product of the local
    ones). The aggregate with the new rho becomes the next round's prior: ``W_hat = rho mu0``,
    ``V_W = rho (s0 + mu0^2) - W_hat^2``.
+   The aggregate is ``finish(reduce(...))``: ``reduce`` sums over clients (natural parameters, logits,
+   evidence, v statistics, weight sum, live count; additive, so rounds can stream chunks of clients,
+   ``client_chunk``), ``finish`` applies the rule and the M-step.
 5. pruning (spec §4) runs at the server after each round, on the summed client evidence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +49,7 @@ from emtdamp.methods.federated import (
     roundtrip_delta,
     roundtrip_log_ratio,
     scan_local,
+    streaming_aggregate,
 )
 from emtdamp.methods.registry import register_fed
 from emtdamp.models import mlp
@@ -69,32 +74,82 @@ def _logit(p, eps):
     return jnp.log(p) - jnp.log1p(-p)
 
 
+def client_sum(x, prior_x, weights, rule: str):
+    """The additive part of a server rule for one natural parameter: ``sum_k c_k d_k`` over the leading
+    (client) axis of ``x (m, ...)``, with ``c_k = w_k`` (``geometric``, ``tempered``) or ``c_k = [w_k > 0]``
+    (``product``), and ``d_k = x_k - prior_x`` (``tempered``) or ``x_k``. Returns ``x``'s shape less axis 0."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    c = ((weights > 0) if rule == "product" else weights).astype(x.dtype).reshape(shape)
+    return jnp.sum(c * (x - prior_x if rule == "tempered" else x), axis=0)
+
+
+def finish_sum(part, prior_x, weight_sum, n_live, rule: str, step: float = 1.0):
+    """The server rule from :func:`client_sum`'s ``part`` summed over all clients (``weight_sum = sum_k w_k``,
+    ``n_live`` = clients with ``w_k > 0``): ``geometric`` the weighted mean ``part / weight_sum``;
+    ``tempered`` ``prior + step * n_live * part / weight_sum``; ``product`` ``part - (n_live - 1) prior``."""
+    if rule == "geometric":
+        return part / jnp.maximum(weight_sum, 1e-30)
+    if rule == "tempered":
+        return prior_x + (step * n_live / jnp.maximum(weight_sum, 1e-30)) * part
+    return part - (n_live - 1.0) * prior_x
+
+
+def reduce_gaussian(m, v, prior_m, prior_v, weights, rule: str) -> tuple[jax.Array, jax.Array]:
+    """The additive partial of :func:`aggregate_gaussian`: :func:`client_sum` of the natural parameters
+    ``(1 / v_k, m_k / v_k)`` of K Gaussians stacked on axis 0 (prior ``(1 / prior_v, prior_m / prior_v)``).
+    Returns ``(precision part, precision-mean part)``, each of ``m``'s shape less axis 0."""
+    lam = client_sum(1.0 / v, 1.0 / prior_v, weights, rule)
+    eta = client_sum(m / v, prior_m / prior_v, weights, rule)
+    return lam, eta
+
+
+def finish_gaussian(lam_part, eta_part, prior_m, prior_v, weight_sum, n_live, rule: str, step: float = 1.0):
+    """Mean and variance from summed :func:`reduce_gaussian` parts (:func:`finish_sum` on each natural
+    parameter); the precision is clipped to the dtype's safe range."""
+    lo, hi = bounds(lam_part.dtype)
+    lam = finish_sum(lam_part, 1.0 / prior_v, weight_sum, n_live, rule, step)
+    eta = finish_sum(eta_part, prior_m / prior_v, weight_sum, n_live, rule, step)
+    lam = jnp.clip(lam, 1.0 / hi, 1.0 / lo)
+    return eta / lam, clip_var(1.0 / lam)
+
+
 def aggregate_gaussian(m, v, prior_m, prior_v, weights, rule: str, step: float = 1.0):
     """Combine K Gaussians ``N(m_k, v_k)`` (stacked on axis 0) into one, in natural parameters.
 
     ``geometric``: precision ``sum_k w_k / v_k`` and precision-mean ``sum_k w_k m_k / v_k`` with
     normalized weights (``w`` sums to one over the clients that count). ``product``: the product of
     the local posteriors over the prior counted K - 1 times (``K`` = clients with weight > 0).
-    Returns mean and variance; the precision is clipped to the dtype's safe range.
+    ``tempered``: prior + ``step * K`` times the weighted mean of the local natural-parameter updates.
+    Returns mean and variance (:func:`finish_gaussian` of :func:`reduce_gaussian`); the precision is clipped
+    to the dtype's safe range.
     """
-    lo, hi = bounds(m.dtype)
-    shape = (-1,) + (1,) * (m.ndim - 1)
-    live = (weights > 0).astype(m.dtype)
-    if rule == "geometric":
-        c = (weights / jnp.maximum(weights.sum(), 1e-30)).reshape(shape)
-        lam = jnp.sum(c / v, axis=0)
-        eta = jnp.sum(c * m / v, axis=0)
-    elif rule == "tempered":
-        c = (weights / jnp.maximum(weights.sum(), 1e-30)).reshape(shape) * (step * live.sum())
-        lam = 1.0 / prior_v + jnp.sum(c * (1.0 / v - 1.0 / prior_v), axis=0)
-        eta = prior_m / prior_v + jnp.sum(c * (m / v - prior_m / prior_v), axis=0)
-    else:
-        c = live.reshape(shape)
-        k_minus_1 = live.sum() - 1.0
-        lam = jnp.sum(c / v, axis=0) - k_minus_1 / prior_v
-        eta = jnp.sum(c * m / v, axis=0) - k_minus_1 * prior_m / prior_v
-    lam = jnp.clip(lam, 1.0 / hi, 1.0 / lo)
-    return eta / lam, clip_var(1.0 / lam)
+    lam, eta = reduce_gaussian(m, v, prior_m, prior_v, weights, rule)
+    n_live = (weights > 0).astype(m.dtype).sum()
+    return finish_gaussian(lam, eta, prior_m, prior_v, weights.sum(), n_live, rule, step)
+
+
+class LayerPartial(NamedTuple):
+    """One layer's additive aggregation partial (:func:`client_sum` parts): slab natural parameters
+    ``lam, eta (N_in, N_out)``, bias ``b_lam, b_eta (N_out,)``, support ``logit (G,)`` and the live-client
+    sum of the group evidence ``lam_acc (G,)``."""
+
+    lam: jax.Array
+    eta: jax.Array
+    b_lam: jax.Array
+    b_eta: jax.Array
+    logit: jax.Array
+    lam_acc: jax.Array
+
+
+class FedPartial(NamedTuple):
+    """``emtdamp_fed``'s reduce output, additive over clients: per-layer :class:`LayerPartial`, the weight sum
+    ``sum_k w_k``, the live count ``#{k: w_k > 0}`` and the live sums of the v statistics (scalars)."""
+
+    layers: list
+    weight: jax.Array
+    live: jax.Array
+    v_stat: jax.Array
+    v_count: jax.Array
 
 
 BROADCAST_LAYER = ("mu0", "s0", "b0", "vb0", "rho", "pi", "mask")
@@ -224,23 +279,30 @@ def build_emtdamp_fed() -> FedMethod:
                                    layers=[lay.replace(lam_acc=jnp.zeros_like(lay.lam_acc)) for lay in server.layers])
             return scan_local(step, start, x, y, mask, key, batch_size, hp.local_epochs)
 
-        def aggregate(server: TdampState, msgs: TdampState, weights) -> TdampState:
-            rule = hp.aggregation
-            eps = thp.rho_clip
+        rule, eps = hp.aggregation, thp.rho_clip
+
+        def reduce(server: TdampState, msgs: TdampState, weights) -> FedPartial:
+            """Sums over the clients (axis 0 of ``msgs``) of everything :func:`finish` needs (additive)."""
             live = (weights > 0).astype(server.v.dtype)
             layers = []
             for g, loc in zip(server.layers, msgs.layers, strict=True):
-                mu0, s0 = aggregate_gaussian(loc.mu0, loc.s0, g.mu0, g.s0, weights, rule, hp.server_step)
-                b0, vb0 = aggregate_gaussian(loc.b0, loc.vb0, g.b0, g.vb0, weights, rule, hp.server_step)
-                lg = _logit(loc.rho, eps)
-                wn = weights / jnp.maximum(weights.sum(), 1e-30)
-                if rule == "geometric":
-                    logit_pi = jnp.tensordot(wn, lg, axes=1)
-                elif rule == "tempered":
-                    g_lg = _logit(g.rho, eps)
-                    logit_pi = g_lg + hp.server_step * live.sum() * jnp.tensordot(wn, lg - g_lg, axes=1)
-                else:
-                    logit_pi = jnp.tensordot(live, lg, axes=1) - (live.sum() - 1.0) * _logit(g.rho, eps)
+                lam, eta = reduce_gaussian(loc.mu0, loc.s0, g.mu0, g.s0, weights, rule)
+                b_lam, b_eta = reduce_gaussian(loc.b0, loc.vb0, g.b0, g.vb0, weights, rule)
+                logit = client_sum(_logit(loc.rho, eps), _logit(g.rho, eps), weights, rule)
+                layers.append(LayerPartial(lam=lam, eta=eta, b_lam=b_lam, b_eta=b_eta, logit=logit,
+                                           lam_acc=jnp.tensordot(live, loc.lam_acc, axes=1)))
+            return FedPartial(layers=layers, weight=weights.sum().astype(server.v.dtype), live=live.sum(),
+                              v_stat=jnp.tensordot(live, msgs.v_stat_acc, axes=1),
+                              v_count=jnp.tensordot(live, msgs.v_count_acc, axes=1))
+
+        def finish(server: TdampState, part: FedPartial) -> TdampState:
+            """The server rule on the summed partial, then the M-step (rho, v) and pruning."""
+            layers = []
+            for g, p in zip(server.layers, part.layers, strict=True):
+                mu0, s0 = finish_gaussian(p.lam, p.eta, g.mu0, g.s0, part.weight, part.live, rule, hp.server_step)
+                b0, vb0 = finish_gaussian(p.b_lam, p.b_eta, g.b0, g.vb0, part.weight, part.live, rule,
+                                          hp.server_step)
+                logit_pi = finish_sum(p.logit, _logit(g.rho, eps), part.weight, part.live, rule, hp.server_step)
                 pi = jax.nn.sigmoid(logit_pi) * g.mask
                 if thp.rho_mode == "group":
                     rho = em.rho_group(pi, g.mask, eps)
@@ -251,9 +313,8 @@ def build_emtdamp_fed() -> FedMethod:
                 W = rho[:, None] * mu0
                 VW = clip_var(rho[:, None] * (s0 + mu0**2) - W**2)
                 layers.append(g.replace(W=W, VW=VW, mu0=mu0, s0=s0, slab_m=mu0, slab_v=s0, b=b0, vb=vb0, b0=b0,
-                                        vb0=vb0, rho=rho, pi=pi, lam_acc=jnp.tensordot(live, loc.lam_acc, axes=1)))
-            stat = jnp.tensordot(live, msgs.v_stat_acc, axes=1)
-            count = jnp.tensordot(live, msgs.v_count_acc, axes=1)
+                                        vb0=vb0, rho=rho, pi=pi, lam_acc=p.lam_acc))
+            stat, count = part.v_stat, part.v_count
             new = server.replace(layers=layers, v_stat_acc=jnp.zeros_like(stat), v_count_acc=jnp.zeros_like(count),
                                  count=server.count + 1)
             v = em.new_v(new, thp, None, stat, count)
@@ -272,8 +333,9 @@ def build_emtdamp_fed() -> FedMethod:
             support and evidence per group, bias mean + variance, and the two v statistics."""
             return flat_bytes(codec.pack_upload(state, state))
 
-        return FedAlgorithm(init=init, client_update=client_update, aggregate=aggregate, predict=predict,
-                            upload_bytes=upload_bytes, sparsity=prune.sparsity, codec=codec)
+        return FedAlgorithm(init=init, client_update=client_update, aggregate=streaming_aggregate(reduce, finish),
+                            predict=predict, upload_bytes=upload_bytes, sparsity=prune.sparsity, codec=codec,
+                            reduce=reduce, finish=finish)
 
     return FedMethod(name="emtdamp_fed", hparams_cls=EmtdampFedHParams, build=build,
                      description="Bayesian FL with EM-TDAMP: clients run TDAMP, server aggregates posteriors + EM")

@@ -19,13 +19,15 @@ from emtdamp.methods.federated import (
     MessageCodec,
     decode_delta,
     encode_delta,
+    finish_weighted_mean,
     flat_bytes,
     from_named,
     half_dtype,
     named_leaves,
     roundtrip_delta,
     scan_local,
-    weighted_mean,
+    streaming_aggregate,
+    weighted_sum,
 )
 from emtdamp.methods.registry import register_fed
 from emtdamp.models.network import build_network
@@ -96,8 +98,13 @@ def build_fedavg() -> FedMethod:
                                               key, batch_size, hp.local_epochs)
             return {"params": params, "noise_var": last_loss}
 
-        def aggregate(server, msgs, weights):
-            return weighted_mean(msgs, weights)
+        def reduce(server, msgs, weights):
+            """``(sum_k w_k msg_k, sum_k w_k)``: additive over clients."""
+            return weighted_sum(msgs, weights)
+
+        def finish(server, partial):
+            """The data-weighted mean of the uploaded weights and noise variances."""
+            return finish_weighted_mean(partial)
 
         def predict(server, x) -> Predictive:
             return point_predictive(apply_fn(server["params"], x), task, server["noise_var"])
@@ -109,8 +116,8 @@ def build_fedavg() -> FedMethod:
             with ``compress``)."""
             return flat_bytes(codec.pack_upload(server, server))
 
-        return FedAlgorithm(init=init, client_update=client_update, aggregate=aggregate, predict=predict,
-                            upload_bytes=upload_bytes, codec=codec)
+        return FedAlgorithm(init=init, client_update=client_update, aggregate=streaming_aggregate(reduce, finish),
+                            predict=predict, upload_bytes=upload_bytes, codec=codec, reduce=reduce, finish=finish)
 
     return FedMethod(name="fedavg", hparams_cls=FedAvgHParams, build=build,
                      description="FedAvg with local adam/sgd (optax); server averages weights by data count")

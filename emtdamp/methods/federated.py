@@ -7,6 +7,12 @@ combines the stacked messages of the selected clients into the next server state
 (:func:`emtdamp.loops.federated.make_round_fn`) selects clients, runs ``vmap(client_update)`` over them and
 aggregates, in one jitted call. Register one with :func:`emtdamp.methods.registry.register_fed`.
 
+Streaming aggregation: a method may split its aggregate into ``reduce(server, msgs, weights) -> partial``, a
+pytree *additive* over clients (the reduce of a union of client sets is the sum of their reduces), and
+``finish(server, partial) -> server``, with ``aggregate = finish ∘ reduce`` (:func:`streaming_aggregate`).
+Then the runner can process the selected clients in chunks (``client_chunk``), summing the chunks'
+partials, so memory scales with the chunk and not with the number of clients in a round.
+
 Messages between processes (:mod:`emtdamp.integrations.flower`) are flat named arrays,
 ``dict[str, np.ndarray]``, made by a method's :class:`MessageCodec`: the broadcast carries only the server
 state a client cannot derive, the upload only what ``aggregate`` reads, optionally compressed
@@ -150,6 +156,12 @@ class FedAlgorithm:
     ``predict(server_state, x) -> Predictive``; ``upload_bytes(server_state) -> int`` bytes one
     client sends per round; optional ``sparsity(server_state) -> dict``; optional ``codec``
     (:class:`MessageCodec`) for messages between processes, and ``broadcast_bytes(server_state) -> int``.
+
+    Optional streaming aggregation (both or neither): ``reduce(server_state, msgs, weights (m,)) -> partial``,
+    a pytree additive over clients — ``reduce`` of the union of two client sets equals the leafwise sum of
+    their partials, and clients of weight 0 add nothing — and ``finish(server_state, partial) ->
+    server_state``, with ``aggregate(s, msgs, w) == finish(s, reduce(s, msgs, w))`` (build ``aggregate``
+    with :func:`streaming_aggregate` so there is one code path). Needed for ``client_chunk > 0``.
     The static configuration is closed over (fixed by :attr:`FedMethod.build`), so a client process
     that built the same algorithm runs ``client_update`` on a received server state without ``init``.
     """
@@ -161,6 +173,8 @@ class FedAlgorithm:
     upload_bytes: Callable
     sparsity: Callable | None = None
     codec: MessageCodec | None = None
+    reduce: Callable | None = None
+    finish: Callable | None = None
 
     def broadcast_bytes(self, server: PyTree) -> int:
         """Bytes the server sends each selected client per round (the packed broadcast; the whole state
@@ -195,6 +209,9 @@ class FedSettings:
     target: float = hparam(0.0, range=(0.0, 1e9), doc="accuracy (>=) or RMSE (<=) for rounds_to_target; 0 = none")
     compress: str = hparam("none", choices=COMPRESS,
                            doc="upload compression: active groups only and/or float16/bfloat16 weight deltas")
+    client_chunk: int = hparam(0, range=(0, 1_000_000),
+                               doc="clients per vmapped chunk of a round (lax.scan over chunks, streaming "
+                                   "reduce/finish aggregation: memory scales with the chunk); 0 = all at once")
 
 
 def local_batches(key: jax.Array, mask: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -236,7 +253,30 @@ def scan_local(step: Callable, state: PyTree, x, y, mask, key, batch_size: int, 
     return state
 
 
+def streaming_aggregate(reduce: Callable, finish: Callable) -> Callable:
+    """``aggregate(server, msgs, weights) = finish(server, reduce(server, msgs, weights))``: the one-shot
+    aggregate of a method with streaming aggregation (:class:`FedAlgorithm`)."""
+
+    def aggregate(server: PyTree, msgs: PyTree, weights: jax.Array) -> PyTree:
+        return finish(server, reduce(server, msgs, weights))
+
+    return aggregate
+
+
+def weighted_sum(tree: PyTree, weights: jax.Array) -> tuple[PyTree, jax.Array]:
+    """``(sum_k w_k a_k per leaf, sum_k w_k)`` over the leading (client) axis, ``weights (m,)``: the additive
+    partial of :func:`weighted_mean` (leaves lose the client axis; the weight sum is a scalar)."""
+    return (jax.tree_util.tree_map(lambda a: jnp.tensordot(weights.astype(a.dtype), a, axes=1), tree),
+            weights.sum())
+
+
+def finish_weighted_mean(partial: tuple[PyTree, jax.Array]) -> PyTree:
+    """Every leaf of a :func:`weighted_sum` partial divided by its weight sum (floored at 1e-30)."""
+    total, w = partial
+    return jax.tree_util.tree_map(lambda a: a / jnp.maximum(w, 1e-30).astype(a.dtype), total)
+
+
 def weighted_mean(tree: PyTree, weights: jax.Array) -> PyTree:
-    """Mean over the leading (client) axis of every leaf, weighted by ``weights (m,)``."""
-    w = weights / jnp.maximum(weights.sum(), 1e-30)
-    return jax.tree_util.tree_map(lambda a: jnp.tensordot(w.astype(a.dtype), a, axes=1), tree)
+    """Mean over the leading (client) axis of every leaf, weighted by ``weights (m,)``
+    (:func:`finish_weighted_mean` of :func:`weighted_sum`)."""
+    return finish_weighted_mean(weighted_sum(tree, weights))
