@@ -189,7 +189,12 @@ def test_chunk_layout_rounds_to_devices_and_balances_chunks():
 
 # ------------------------------------------------------------- chunked rounds
 
-@pytest.mark.parametrize("name,kw", CASES)
+# one emtdamp_fed rule in the default tier (the reduce/finish identity of every rule is tested above, the whole
+# chunked round of each in the slow tier: ~14 s each)
+ROUND_CASES = [CASES[0], CASES[-1], *[pytest.param(*c, marks=pytest.mark.slow) for c in CASES[1:-1]]]
+
+
+@pytest.mark.parametrize("name,kw", ROUND_CASES)
 def test_chunked_round_equals_unchunked_round(name, kw):
     """9 clients, 7 selected (client_fraction < 1), chunks of 3 (three chunks, two filler slots)."""
     data, _, _, algo, server = _build(name, n_clients=9, **kw)
