@@ -123,3 +123,16 @@ def test_relu_shared_negative_branch_is_the_same_posterior(dtype, x64):
     fresh = G.relu_posterior_offset(p, vp, r, vr)
     for a, b in zip(shared, fresh, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_after_returns_x_bit_for_bit_whatever_the_deps_hold():
+    """The in-place tie ``after(x, *deps)`` is the identity on ``x``: finite deps, and also an inf or NaN in the
+    element it reads (before, ``x + 0 * inf`` turned the whole state NaN)."""
+    import jax
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(7, 5)), jnp.float32)
+    tie = jax.jit(module_b.after)
+    for bad in (1.5, np.inf, -np.inf, np.nan):
+        d = jnp.full((3, 4), bad, jnp.float32)
+        np.testing.assert_array_equal(tie(x, d), x)
+        np.testing.assert_array_equal(tie(x, jnp.ones(2), d), x)

@@ -100,14 +100,17 @@ def group_evidence_from_message(Q: jax.Array, pq: jax.Array, mu0: jax.Array, s0:
 
 
 def after(x: jax.Array, *deps: jax.Array) -> jax.Array:
-    """``x`` made data-dependent on ``deps`` (``x + 0 * (d[0, ..., 0] + ...)``; equal to ``x`` for finite ``deps``).
+    """``x`` made data-dependent on ``deps``: ``x + 0 * t`` with ``t = d[0, ..., 0] + ...`` replaced by 0 where it is
+    not finite, so ``x`` comes back unchanged whatever the ``deps`` hold (an inf or NaN there must not spread
+    into ``x``).
 
     XLA updates a loop-carried array (the state inside the epoch's ``scan``) in place only when every reader
     of its old value is an ancestor of the new value; otherwise it copies the whole array first. Tying the
     new value to results computed by the old one's other readers (``deps``; best arrays XLA materialises
     anyway, so that the tie reads one element of a buffer) removes those copies.
     """
-    return x + jnp.zeros((), x.dtype) * sum(d.reshape(-1)[0] for d in deps)
+    t = sum(d.reshape(-1)[0] for d in deps)
+    return x + jnp.zeros((), x.dtype) * jnp.where(jnp.isfinite(t), t, 0.0).astype(x.dtype)
 
 
 def denoise_layer(layer: LayerState, uu_ts: jax.Array, tu_ts: jax.Array | None, u_s: jax.Array, beta: float,
