@@ -42,6 +42,7 @@ import csv
 import dataclasses
 import math
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -703,7 +704,9 @@ def plot_curves(path: Path, dataset: str, figure: Figure, panels: dict, mean_cur
     note = {"mnist5k": "dotted: the paper's values on full MNIST (60k), so only the shapes compare",
             "boston": "dotted: the paper's values within our horizon (spec §7.2; it trains 1000 epochs / 100 rounds)"
             }.get(dataset, "the paper has no curves on this dataset")
-    fig.suptitle(f"{dataset}: {figure.label} vs training time ({note})", fontsize=10)
+    # wrapped to the figure's width: one panel (--no-fed) is too narrow for the one-line title
+    fig.suptitle(textwrap.fill(f"{dataset}: {figure.label} vs training time ({note})", 90 * len(shown)),
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
