@@ -449,18 +449,10 @@ def build_sgmcmc_method(name: str, sampler: str, omega_mode: str, anneal_default
             if sparse and omega_mode != "none":   # ω ≡ 0 (sgld, sghmc, a_sghmc): the latents never move
                 xs = kernels_of(params, sparse)
                 frozen = {"delta_frozen": not hp.learn_delta, "sigma_frozen": not hp.learn_sigma}
-                with_noise = regression and cfg.noise != "sample"   # σ² is (sa) or tracks (fixed, UCI) the noise
-
-                def sa(lat, w):
-                    if with_noise:
-                        return sg.sa_update(lat, xs, w, state.hyper, n_obs=n_obs, rss=rss, **frozen)
-                    return sg.sa_update(lat, xs, w, state.hyper, **frozen)   # σ² only scales the prior
-
-                if cfg.sa_every == 1:
-                    lat = sa(lat, omega)
-                else:   # one update standing for the last sa_every iterations (docs/sgmcmc_sa.md, speed)
-                    w = sg.omega_compounded(state.omega, state.count, cfg.sa_every)
-                    lat = jax.lax.cond((state.count + 1) % cfg.sa_every == 0, sa, lambda lat, _: lat, lat, w)
+                # σ² is (sa) or tracks (fixed, UCI code) the noise; with noise='sample' it only scales the prior
+                noise_kw = {"n_obs": n_obs, "rss": rss} if regression and cfg.noise != "sample" else {}
+                lat = sg.sa_update_every(lambda lt, w: sg.sa_update(lt, xs, w, state.hyper, **noise_kw, **frozen),
+                                         lat, state.omega, state.count, cfg.sa_every)   # docs/sgmcmc_sa.md
             noise_var = state.noise_var
             if regression and cfg.noise == "sample":   # Gibbs step s² | β (stochastic-gradient)
                 k_s2 = jax.random.fold_in(rng, 1)

@@ -53,10 +53,10 @@ from emtdamp.sgmcmc.ssgl import (
     SSGLHyper,
     SSGLLatents,
     init_latents,
-    omega_compounded,
     omega_schedule,
     omega_value,
     sa_update,
+    sa_update_every,
     ssgl_hyper,
     ssgl_penalty,
 )
@@ -200,12 +200,10 @@ def sa_sampler(loglik_fn: Callable[[PyTree, Any], jax.Array], n_data: int, *, se
         omega = omega_value(state.omega, state.count)
         leaves, _, sel = split(pos)
         lat = state.latents
-        if sel and sa_every == 1:
-            lat = sa_update(lat, [leaves[i] for i in sel], omega, state.hyper)
-        elif sel:
-            w = omega_compounded(state.omega, state.count, sa_every)
-            lat = jax.lax.cond((state.count + 1) % sa_every == 0,
-                               lambda lt: sa_update(lt, [leaves[i] for i in sel], w, state.hyper), lambda lt: lt, lat)
+        if sel:
+            xs = [leaves[i] for i in sel]
+            lat = sa_update_every(lambda lt, w: sa_update(lt, xs, w, state.hyper), lat, state.omega, state.count,
+                                  sa_every)
         new = state.replace(position=pos, momentum=mom, latents=lat, count=state.count + 1,
                             inv_temp=state.inv_temp * state.anneal_rate)
         return new, SAInfo(energy=u, step_size=eps, omega=omega)

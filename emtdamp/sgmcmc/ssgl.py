@@ -27,6 +27,7 @@ code's order (``ρ̃`` uses the old ``δ, σ``; ``κ`` and ``δ`` use the new ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import chex
 import jax
@@ -409,7 +410,22 @@ def omega_compounded(s: OmegaSchedule, count: jax.Array, every: int) -> jax.Arra
     ``every`` successive SA steps toward one fixed target ``t`` give ``p ← Π(1 − ω_j) p + (1 − Π(1 − ω_j)) t``,
     so one step with this ``ω`` moves ``ρ`` exactly as they would whenever ``ρ̃`` does not change within the
     window (the latents' ``sa_every``). ``ω ≡ 1`` (EM) gives 1 and ``ω ≡ 0`` gives 0, exactly; computed as
-``−expm1(Σ log1p(−ω_j))``, so small steps keep their relative precision.
+    ``−expm1(Σ log1p(−ω_j))``, so small steps keep their relative precision.
     """
     log_keep = sum(jnp.log1p(-omega_value(s, count - j)) for j in range(every))   # log Π(1 − ω_j), ≤ 0
     return -jnp.expm1(log_keep)                 # no cancellation for small ω
+
+
+def sa_update_every(update: Callable, lat: SSGLLatents, s: OmegaSchedule, count: jax.Array,
+                    every: int) -> SSGLLatents:
+    """``update(lat, ω) -> lat`` (an SA update, e.g. :func:`sa_update` with its sample bound) at iteration
+    ``count`` when the latents move on every ``every``-th iteration only (``sa_every``, static).
+
+    ``every = 1``: ``update(lat, ω_count)``. Otherwise, on iterations with ``(count + 1) % every == 0``,
+    ``update(lat, ω)`` with the :func:`omega_compounded` step of the ``every`` iterations it stands for, and
+    ``lat`` unchanged on the others (a ``lax.cond``: nothing is computed there; a select under ``vmap``).
+    """
+    if every == 1:
+        return update(lat, omega_value(s, count))
+    w = omega_compounded(s, count, every)
+    return jax.lax.cond((count + 1) % every == 0, update, lambda lt, _: lt, lat, w)
