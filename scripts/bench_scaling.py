@@ -247,11 +247,9 @@ def fed_rows(clients: list[int], rounds: int, data: str, chunks: list[int]) -> l
                     out = subprocess.run([sys.executable, __file__, "--fed-one", spec], capture_output=True,
                                          text=True)
                     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("FEDROW ")]
-                    row = json.loads(lines[-1][7:]) if lines else {
-                        "data": data, "method": name, "clients": k, "partition": partition, "chunk": chunk,
-                        "layout": "", "s_per_round": float("nan"), "compile_s": float("nan"), "wall_s": float("nan"),
-                        "peak_rss_mb": float("nan"), "error": f"exit {out.returncode}: "
-                        + (out.stderr.strip().splitlines() or [""])[-1][:160]}
+                    last_err = (out.stderr.strip().splitlines() or [""])[-1][:160]
+                    row = json.loads(lines[-1][7:]) if lines else failed_fed_row(
+                        json.loads(spec), f"exit {out.returncode}: {last_err}", float("nan"))
                     if partition == "dirichlet" and "could not draw a Dirichlet" in row["error"]:
                         continue   # Dirichlet(0.5) leaves a client empty: fall back to iid and say so
                     break
@@ -270,12 +268,17 @@ def fed_one_main(spec: str) -> int:
     try:
         row = fed_one(a["name"], a["clients"], a["chunk"], a["data"], a["rounds"], a["partition"])
     except Exception as e:   # noqa: BLE001  (a client count a method refuses: report, go on)
-        row = {"data": a["data"], "method": a["name"], "clients": a["clients"], "partition": a["partition"],
-               "chunk": a["chunk"], "layout": "", "s_per_round": float("nan"), "compile_s": float("nan"),
-               "wall_s": float("nan"), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+        row = failed_fed_row(a, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}",
+                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print("FEDROW " + json.dumps(row), flush=True)
     return 0
+
+
+def failed_fed_row(spec: dict, error: str, peak_rss_mb: float) -> dict:
+    """The row of a federated run that did not finish (``spec``: the ``--fed-one`` arguments): no timings."""
+    return {"data": spec["data"], "method": spec["name"], "clients": spec["clients"], "partition": spec["partition"],
+            "chunk": spec["chunk"], "layout": "", "s_per_round": float("nan"), "compile_s": float("nan"),
+            "wall_s": float("nan"), "peak_rss_mb": peak_rss_mb, "error": error}
 
 
 def render(rows: list[dict], fed: list[dict], header: str, fed_header: str = "") -> str:
