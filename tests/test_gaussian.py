@@ -132,6 +132,51 @@ def test_relu_posterior_vs_quadrature(p, vp, r, vr, x64):
     np.testing.assert_allclose(np.asarray(out, dtype=float), ref, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("p,vp", [(0.3, 1.0), (-1.2, 0.5), (2.0, 0.3), (-3.0, 0.2), (5.0, 0.01), (0.1, 4.0)])
+def test_relu_moments_vs_quadrature(p, vp, x64):
+    """``relu_moments`` (no backward message) against numerical integration of ``relu(z)``, ``z ~ N(p, vp)``."""
+    eu, vu = G.relu_moments(jnp.asarray(p), jnp.asarray(vp))
+    ref = _relu_posterior_quad(p, vp, 0.0, np.inf)
+    np.testing.assert_allclose([float(eu), float(vu)], ref[2:], rtol=1e-7, atol=1e-12)
+
+
+def _relu_grid(n_random=400):
+    rng = np.random.default_rng(0)
+    a = np.concatenate([np.linspace(-40, 40, 801), rng.normal(size=n_random) * 10])
+    vp = np.exp(rng.uniform(np.log(1e-7), np.log(1e3), size=a.size))
+    return a * np.sqrt(vp), vp
+
+
+def test_relu_moments_is_the_posterior_without_message(x64):
+    """float64, ``a = p / sqrt(vp)`` in [-40, 40]: ``relu_posterior`` with ``vr`` at the upper bound (its "no
+    message") differs from the exact no-message moments by ``O(vp / hi)``."""
+    p, vp = _relu_grid()
+    hi = G.bounds(jnp.float64)[1]
+    eu, vu = map(np.asarray, G.relu_moments(jnp.asarray(p), jnp.asarray(vp)))
+    _, _, eu_r, vu_r = map(np.asarray, G.relu_posterior(jnp.asarray(p), jnp.asarray(vp), jnp.zeros(p.size),
+                                                        jnp.full(p.size, hi)))
+    tol = 10 * vp.max() / hi
+    keep = eu_r > 1e-280
+    assert np.max(np.abs(eu - eu_r)[keep] / eu_r[keep]) < tol
+    assert np.max(np.abs(vu - vu_r) / vu_r) < tol
+
+
+def test_relu_moments_float32_matches_float64(x64):
+    """float32 over ``a`` in [-40, 40] and ``vp`` in [1e-7, 1e3]: finite, ``vu`` at or above the lower clip, and
+    within the truncated normal's float32 accuracy (2e-3 relative at the asymptotic switch a = -5, see
+    :func:`emtdamp.tdamp.gaussian.truncated_normal_moments`) of float64 wherever the moment is not negligible."""
+    p, vp = _relu_grid()
+    e64, v64 = map(np.asarray, G.relu_moments(jnp.asarray(p), jnp.asarray(vp)))
+    e32, v32 = (np.asarray(x, float) for x in G.relu_moments(jnp.asarray(p, jnp.float32),
+                                                            jnp.asarray(vp, jnp.float32)))
+    assert np.isfinite(e32).all() and np.isfinite(v32).all() and (e32 >= 0).all()
+    assert (v32 >= np.float32(G.bounds(jnp.float32)[0])).all()
+    big = e64 > 1e-30 * np.sqrt(vp)
+    assert np.max(np.abs(e32 - e64)[big] / e64[big]) < 2e-3
+    big = v64 > 1e-6
+    assert np.max(np.abs(v32 - v64)[big] / v64[big]) < 2e-3
+
+
 def test_relu_moment_matching_vs_monte_carlo():
     """ReLU of a Gaussian (no backward message) vs 10^6 draws, relative error < 1e-2.
 

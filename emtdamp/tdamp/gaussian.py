@@ -259,9 +259,20 @@ def _truncated_parts(m: jax.Array, v: jax.Array, sign: float):
     f64 = jnp.finfo(dtype).bits >= 64
     lo, _ = bounds(dtype)
     s = jnp.sqrt(v)
-    a = sign * m / s
-    left, _, _, a_m, c, nd, _ = _ndtr_parts(a)      # (the unused tail series is dead code to XLA)
-    lam = jnp.exp(-0.5 * a_m * a_m) * np.asarray(1.0 / math.sqrt(2.0 * math.pi), dtype) / nd
+    r = m / s
+    a = r if sign > 0 else -r
+    # Phi(a) and phi(a) at a_m = max(a, ser) (log_ndtr's series switch; below it the branch uses the series
+    # and the values at a_m are unused): erfc(|a| / sqrt 2) and exp(-a^2 / 2) are taken of r, not of a, so
+    # the two branches of one (m, v) (relu_negative_branch and relu_moments) compute them once (XLA merges
+    # the identical expressions); the same values as _ndtr_parts(a).
+    ser = -19.5 if f64 else -9.5
+    left = a < ser
+    a_m = jnp.where(left, ser, a)
+    k = np.asarray(0.5 * np.sqrt(2.0), dtype)
+    c = jnp.where(left, _erfc_nonneg(jnp.asarray(-ser * k, dtype)), _erfc_nonneg(jnp.abs(r) * k))
+    nd = jnp.where(a_m > 0, 1.0 - 0.5 * c, 0.5 * c)
+    phi = jnp.where(left, np.exp(-0.5 * ser * ser), jnp.exp(-0.5 * r * r)).astype(dtype)
+    lam = phi * np.asarray(1.0 / math.sqrt(2.0 * math.pi), dtype) / nd
     thr = _ASYMPTOTIC_A64 if f64 else _ASYMPTOTIC_A
     asym = a < thr
     a_s = jnp.where(asym, a, thr)
@@ -319,6 +330,33 @@ def relu_negative_branch(p: jax.Array, vp: jax.Array) -> tuple[jax.Array, ...]:
     evaluates the posterior of a hidden layer twice with the same ``(p, vp)`` (forward sweep: old backward
     message; backward sweep: new one) and passes this to both (``neg=`` of :func:`relu_posterior_offset`)."""
     return _truncated_parts(p, vp, -1.0)[:5]
+
+
+def relu_moments(p: jax.Array, vp: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and variance of ``u = relu(z)``, ``z ~ N(p, vp)``: the ReLU posterior of ``u`` without a backward
+    message (a minibatch's first forward sweep, and prediction).
+
+    :func:`relu_posterior` with ``vr`` at the dtype's upper bound stands in for "no message" and agrees with
+    this up to ``O(vp / hi)`` (1e-8 relative in float32); here the message is absent exactly and the branch
+    weights need no logarithm: ``w+ = Phi(a)``, ``a = p / sqrt(vp)``, is the positive branch's own mass
+    (:func:`_truncated_parts`, exact into the far left tail) and ``w- = Phi(-a)`` is ``erfc(a / sqrt 2) / 2``
+    from the same ``erfc`` for ``a > 0`` (so ``w-`` keeps its relative accuracy when ``w+ ~ 1``), ``1 - w+``
+    otherwise. As in :func:`relu_posterior_offset`, ``Var u = w+ V+ + w+ w- E+^2`` without cancellation.
+
+    Parameters
+    ----------
+    p, vp: arrays of one shape (e.g. ``(B, N)``), ``vp > 0``.
+
+    Returns
+    -------
+    eu, vu: ``E u`` and ``Var u`` (clipped below at the dtype's lower bound).
+    """
+    lo, _ = bounds(_float_dtype(vp))
+    offset, vpos, quad, num, den, a, c = _truncated_parts(p, vp, 1.0)
+    wpos = jnp.exp(quad) * num / den
+    wneg = jnp.where(a > 0, 0.5 * c, 1.0 - wpos)
+    mp = p + offset
+    return wpos * mp, jnp.maximum(wpos * vpos + wpos * wneg * mp * mp, lo)
 
 
 def relu_posterior(p: jax.Array, vp: jax.Array, r: jax.Array, vr: jax.Array, neg: tuple | None = None

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from emtdamp.tdamp import em, evidence, module_a, module_b
 from emtdamp.tdamp.class_probs import class_probs
-from emtdamp.tdamp.gaussian import bounds, clip_var, relu_negative_branch, relu_posterior
+from emtdamp.tdamp.gaussian import bounds, clip_var, relu_moments, relu_negative_branch, relu_posterior
 from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, ZStats, initial_slab_var
 
 
@@ -48,7 +48,10 @@ def _damp_iteration(hp: TdampHParams, x, y, w, v, carry, first: bool = False):
         if l < L - 1:
             with jax.named_scope(f"relu_forward_{l}"):
                 neg[l] = relu_negative_branch(P[l], VP[l])   # shared with the backward sweep's posterior
-                _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l], neg[l])
+                if first:   # no backward message yet (R = 0, V_R = hi): the plain ReLU moments
+                    u, tu = relu_moments(P[l], VP[l])
+                else:
+                    _, _, u, tu = relu_posterior(P[l], VP[l], R[l], VR[l], neg[l])
             U.append(u)
             TU.append(tu)
     # ---- backward sweep ---------------------------------------------------------------------
@@ -250,7 +253,6 @@ def forward_moments(state: TdampState, x: jax.Array, plug_in: bool = False) -> t
     variance is then that of the last layer given deterministic inputs.
     """
     dtype = state.v.dtype
-    lo, hi = bounds(dtype)
     U, TU = jnp.asarray(x, dtype), None
     L = len(state.layers)
     P = VP = None
@@ -260,7 +262,7 @@ def forward_moments(state: TdampState, x: jax.Array, plug_in: bool = False) -> t
             if plug_in:
                 U, TU = jnp.maximum(P, 0.0), None
             else:
-                U, TU = relu_posterior(P, VP, jnp.zeros_like(P), jnp.full_like(P, hi))[2:]
+                U, TU = relu_moments(P, VP)
     return P, VP
 
 
