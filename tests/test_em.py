@@ -104,3 +104,39 @@ def test_m_step_schedules_and_ema(x64):
     assert float(out.v_stat_acc) == 0.0 and float(out.v_count_acc) == 0.0
     # fixed
     assert float(em.m_step(st, TdampHParams(v_update="fixed", dtype="float64")).v) == 1.0
+
+
+def test_v_warm_moves_v_per_minibatch_then_per_epoch(x64):
+    """``v_schedule="epoch", v_warm=1``: during the first epoch v follows the per-minibatch M-step exactly (the
+    minibatch schedule's trajectory), the end of that epoch leaves v alone, then v holds still within an epoch and
+    its end sets v to the closed form of the epoch's summed statistics. ``v_warm=0`` is the plain epoch schedule."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3))
+    y = np.tanh(x[:, :1] - x[:, 1:2]) + 0.1 * rng.normal(size=(64, 1))
+    hp_m = TdampHParams(dtype="float64")
+    hp_w = TdampHParams(v_schedule="epoch", v_warm=1, dtype="float64")
+    hp_e = TdampHParams(v_schedule="epoch", dtype="float64")
+
+    def run_epoch(st, hp):
+        vs = []
+        for i in range(0, 64, 16):
+            st, info = tdamp.step(st, jnp.asarray(x[i:i + 16]), jnp.asarray(y[i:i + 16]), hp)
+            st = em.m_step(st, hp, info["zstats"])
+            vs.append(float(st.v))
+        return st, vs
+
+    st0 = tdamp.init(jax.random.PRNGKey(0), (3, 8, 1), hp_m)
+    st_m, v_m = run_epoch(st0, hp_m)
+    st_w, v_w = run_epoch(st0, hp_w)
+    assert v_w == v_m and len(set(v_m)) == 4        # epoch 1: per minibatch, as the minibatch schedule
+    st_w = em.end_epoch_v(st_w, hp_w)
+    assert float(st_w.v) == v_w[-1] and int(st_w.epochs) == 1 and float(st_w.v_stat_acc) == 0.0
+    st_w, v_w2 = run_epoch(st_w, hp_w)
+    assert v_w2 == [v_w[-1]] * 4                     # epoch 2: v holds still
+    expect = float(st_w.v_stat_acc) / float(st_w.v_count_acc)
+    st_w = em.end_epoch_v(st_w, hp_w)
+    assert float(st_w.v) == pytest.approx(expect, rel=1e-12) and int(st_w.epochs) == 2
+    _, v_e = run_epoch(st0, hp_e)                     # v_warm = 0: v0 through the first epoch
+    assert v_e == [hp_e.v0] * 4
+    with pytest.raises(ValueError, match="v_warm"):
+        TdampHParams(v_schedule="epoch", v_warm=-1)

@@ -197,7 +197,8 @@ def tdamp_codec(like: TdampState, compress: str) -> MessageCodec:
         st = like.replace(layers=layers, v=jnp.asarray(flat["v"], like.v.dtype),
                           v_stat=jnp.asarray(flat["v_stat"], like.v.dtype),
                           v_count=jnp.asarray(flat["v_count"], like.v.dtype), v_stat_acc=z, v_count_acc=z,
-                          count=jnp.asarray(flat["count"], like.count.dtype))
+                          count=jnp.asarray(flat["count"], like.count.dtype),
+                          epochs=jnp.zeros((), like.epochs.dtype))   # (v_warm is not used by the server's v)
         return derive(st)
 
     def pack_upload(server: TdampState, msg: TdampState) -> dict:

@@ -34,6 +34,8 @@ class EmtdampHParams:
     v_passes: int = hparam(1, range=(1, 10), doc="fixed-point passes of the classification closed form")
     v_ema: float = hparam(0.0, range=(0.0, 0.999), doc="v <- v_ema v + (1 - v_ema) v_new (0 = plain EM)")
     v_schedule: str = hparam("minibatch", choices=V_SCHEDULES, doc="v M-step after every minibatch or epoch")
+    v_warm: int = hparam(0, range=(0, 100000),
+                         doc="v_schedule=epoch: first epochs whose v moves after every minibatch (0 = none)")
     v0: float = hparam(1.0, range=(1e-6, 1e6), doc="initial noise variance")
     lambda_f: float = hparam(1.0, range=(1e-3, 1.0),
                               doc="PasP forgetting: prior <- posterior^lf x initial prior^(1-lf) per minibatch "
@@ -62,7 +64,8 @@ class EmtdampHParams:
 def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
     """The static :class:`~emtdamp.tdamp.TdampHParams` for a method configuration."""
     return TdampHParams(task=task, n_iter=hp.n_iter, beta=hp.beta, rho_mode=hp.rho_mode, v_update=hp.v_update,
-                        v_passes=hp.v_passes, v_ema=hp.v_ema, v_schedule=hp.v_schedule, lambda_f=hp.lambda_f,
+                        v_passes=hp.v_passes, v_ema=hp.v_ema, v_schedule=hp.v_schedule, v_warm=hp.v_warm,
+                        lambda_f=hp.lambda_f,
                         evidence=hp.evidence, sigma0_sq=hp.sigma0_sq, gamma=hp.gamma, sigmab0_sq=hp.sigmab0_sq,
                         init_means=hp.init_means,
                         rho0=hp.rho0, rho_clip=hp.rho_clip, v0=hp.v0, dtype=dtype)

@@ -172,14 +172,18 @@ def m_step(state: TdampState, hparams: TdampHParams, zstats: ZStats | None = Non
     state = update_rho(state, hparams)
     if hparams.v_schedule == "minibatch":
         state = state.replace(v=v_ema(state.v, new_v(state, hparams, zstats), hparams.v_ema))
+    elif hparams.v_warm > 0:   # epoch schedule after v_warm epochs of per-minibatch updates
+        v = v_ema(state.v, new_v(state, hparams, zstats), hparams.v_ema)
+        state = state.replace(v=jnp.where(state.epochs < hparams.v_warm, v, state.v))
     return state
 
 
 def end_epoch_v(state: TdampState, hparams: TdampHParams) -> TdampState:
     """Per-epoch part of the M-step: with ``v_schedule="epoch"`` set v from the statistics summed over
-    the epoch (closed form); always reset the epoch sums."""
+    the epoch (closed form), except at the end of the first ``v_warm`` epochs (their v moved after every
+    minibatch); always reset the epoch sums and count the epoch end."""
     if hparams.v_schedule == "epoch":
-        v = new_v(state, hparams, None, state.v_stat_acc, state.v_count_acc)
-        state = state.replace(v=v_ema(state.v, v, hparams.v_ema))
+        v = v_ema(state.v, new_v(state, hparams, None, state.v_stat_acc, state.v_count_acc), hparams.v_ema)
+        state = state.replace(v=jnp.where(state.epochs >= hparams.v_warm, v, state.v))
     z = jnp.zeros_like(state.v_stat_acc)
-    return state.replace(v_stat_acc=z, v_count_acc=z)
+    return state.replace(v_stat_acc=z, v_count_acc=z, epochs=state.epochs + 1)

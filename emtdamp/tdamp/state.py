@@ -47,6 +47,8 @@ class TdampHParams:
     v_ema: smoothing of the v update, ``v <- v_ema * v + (1 - v_ema) * v_new`` (0 = plain EM).
     v_schedule: ``"minibatch"`` (streaming EM after every minibatch) or ``"epoch"`` (v from the
         statistics accumulated over the epoch, applied by :func:`emtdamp.tdamp.em.end_epoch_v`).
+    v_warm: with ``v_schedule="epoch"``, the number of first epochs that update v after every minibatch
+        instead (while the network's output scale moves fast; 0 = per epoch from the start).
     lambda_f: PasP forgetting factor in (0, 1]: after each minibatch the prior becomes
         ``posterior^lambda_f x initial_prior^(1 - lambda_f)`` (stabilized forgetting towards
         ``N(0, sigma0^2)``, ``N(0, sigmab0^2)``; see :func:`emtdamp.tdamp.pasp`). 1 = pure PasP.
@@ -85,6 +87,7 @@ class TdampHParams:
     v_passes: int = 1
     v_ema: float = 0.0
     v_schedule: str = "minibatch"
+    v_warm: int = 0
     lambda_f: float = 1.0
     pasp: bool = True
     evidence: str = "repeat"
@@ -114,6 +117,8 @@ class TdampHParams:
             raise ValueError(f"TdampHParams.lambda_f must be in (0, 1], got {self.lambda_f}")
         if not 0.0 <= self.v_ema < 1.0:
             raise ValueError(f"TdampHParams.v_ema must be in [0, 1), got {self.v_ema}")
+        if self.v_warm < 0:
+            raise ValueError(f"TdampHParams.v_warm must be >= 0, got {self.v_warm}")
 
 
 @chex.dataclass
@@ -160,6 +165,7 @@ class TdampState:
         sum of E[e^2] of the augmented pairwise model and #pairs).
     v_stat_acc, v_count_acc: the same summed since the last epoch end (per-epoch M-step).
     count: number of minibatches processed.
+    epochs: number of epoch ends passed (:func:`emtdamp.tdamp.em.end_epoch_v`; ``v_warm``).
     evidence: :class:`~emtdamp.tdamp.evidence.Evidence` bookkeeping when ``hparams.evidence ==
         "once"``, else None.
     """
@@ -171,6 +177,7 @@ class TdampState:
     v_stat_acc: jax.Array
     v_count_acc: jax.Array
     count: jax.Array
+    epochs: jax.Array
     evidence: object = None
 
 
@@ -226,7 +233,8 @@ def init(key: jax.Array, layer_sizes: Sequence[int], hparams: TdampHParams,
                                     [lay.b0 for lay in layers], [lay.vb0 for lay in layers],
                                     [lay.rho for lay in layers])
     return TdampState(layers=layers, v=jnp.full((), hparams.v0, dtype), v_stat=z(), v_count=z(), v_stat_acc=z(),
-                      v_count_acc=z(), count=jnp.zeros((), jnp.int32), evidence=ev)
+                      v_count_acc=z(), count=jnp.zeros((), jnp.int32), epochs=jnp.zeros((), jnp.int32),
+                      evidence=ev)
 
 
 def layer_sizes(state: TdampState) -> tuple[int, ...]:
