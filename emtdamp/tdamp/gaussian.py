@@ -173,6 +173,11 @@ def _erfc_nonneg(z: jax.Array) -> jax.Array:
     return t * jnp.exp(_horner(_ERFC32, t) - z * z)
 
 
+def _series_switch(dtype) -> float:
+    """``a`` below which :func:`log_ndtr` sums its left-tail series (and the erfc is taken at this value)."""
+    return -19.5 if jnp.finfo(dtype).bits >= 64 else -9.5
+
+
 def _ndtr_parts(a: jax.Array):
     """The pieces shared by :func:`log_ndtr` and :func:`mills_ratio` (``a`` of a float dtype).
 
@@ -182,7 +187,7 @@ def _ndtr_parts(a: jax.Array):
     and ``upper`` the threshold above which ``log Phi(a) = -c/2`` (jax.scipy's segments).
     """
     f64 = jnp.finfo(a.dtype).bits >= 64
-    thr = -19.5 if f64 else -9.5
+    thr = _series_switch(a.dtype)
     left = a < thr
     a_l = jnp.where(left, a, thr)
     t = 1.0 / (a_l * a_l)
@@ -265,7 +270,7 @@ def _truncated_parts(m: jax.Array, v: jax.Array, sign: float):
     # and the values at a_m are unused): erfc(|a| / sqrt 2) and exp(-a^2 / 2) are taken of r, not of a, so
     # the two branches of one (m, v) (relu_negative_branch and relu_moments) compute them once (XLA merges
     # the identical expressions); the same values as _ndtr_parts(a).
-    ser = -19.5 if f64 else -9.5
+    ser = _series_switch(dtype)
     left = a < ser
     a_m = jnp.where(left, ser, a)
     k = np.asarray(0.5 * np.sqrt(2.0), dtype)
