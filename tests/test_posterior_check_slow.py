@@ -1,4 +1,10 @@
-"""scripts/posterior_check.py --quick on the gap and Boston problems (issue 16, item 6 and its gap criterion).
+"""scripts/posterior_check.py on the gap problem (shipped budgets) and Boston (``--quick``) (issue 16, item 6 and
+its gap criterion).
+
+The gap criterion is issue 16's acceptance figure, which is that of the shipped configs: at ``--quick`` budgets
+(a quarter of the iterations) no chain has left the posterior's neighbourhood of its start for long enough and
+every method's gap / train sd ratio was 1.4-1.8 (NUTS 3.0), so the gap problem runs at full budget (about 3 min
+of CPU for NUTS plus the five methods). Boston runs ``--quick``: its test checks only that every method runs.
 
 Slow (NUTS plus every method, twice): ``python -m pytest -q -m slow tests/test_posterior_check_slow.py``.
 """
@@ -17,24 +23,36 @@ ROOT = Path(__file__).resolve().parents[1]
 BAYESIAN = ("emtdamp", "sghmc", "sghmc_sa", "em_mcmc")
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("posterior_check")
-    out = tmp / "pc.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "posterior_check.py"), "--problems", "gap", "boston",
-                           "--quick", "--out", str(out), "--runs-dir", str(tmp / "runs")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=3 * 3600)
+def _run(tmp: Path, problem: str, quick: bool) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp / f"pc_{problem}.md"
+    args = ["--problems", problem, *(["--quick"] if quick else []), "--out", str(out),
+            "--runs-dir", str(tmp / f"runs_{problem}")]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "posterior_check.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=3 * 3600)
     return proc, out
 
 
-def test_every_method_ran_and_the_tables_hold_finite_numbers(report):
-    proc, out = report
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    text = out.read_text()
-    assert "## 1-D gap regression" in text and "## Boston housing" in text
-    assert out.with_name(out.stem + "_gap.png").stat().st_size > 10_000
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("posterior_check")
+    return {"gap": _run(tmp, "gap", quick=False), "boston": _run(tmp, "boston", quick=True)}
+
+
+@pytest.fixture(scope="module")
+def report(reports):
+    return reports["gap"]
+
+
+def test_every_method_ran_and_the_tables_hold_finite_numbers(reports):
+    for problem, heading in (("gap", "## 1-D gap regression"), ("boston", "## Boston housing")):
+        proc, out = reports[problem]
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        assert heading in out.read_text()
+    gap_out = reports["gap"][1]
+    assert gap_out.with_name(gap_out.stem + "_gap.png").stat().st_size > 10_000
     for problem in ("gap", "boston"):
+        out = reports[problem][1]
+        rows = json.loads(out.with_suffix(".json").read_text())["rows"]
         methods = {r["method"] for r in rows[problem]}
         assert {"nuts", "adam", *BAYESIAN} <= methods, (problem, methods)
         for r in rows[problem]:
