@@ -14,7 +14,8 @@ demo: install
 # The default tier runs in TEST_WORKERS processes (pytest-xdist): most tests are bound by XLA compile time,
 # which is single-threaded, so two workers use both cores of the CI machine (worksteal: an idle worker takes
 # queued tests from the busy one, so a long test at the end does not leave a core idle). TEST_WORKERS=0 runs
-# in-process.
+# in-process. Workers and the CLI subprocesses of tests share one JAX compilation cache for the session
+# (tests/conftest.py: a fresh temporary folder, deleted at the end).
 TEST_WORKERS ?= 2
 
 test: install
