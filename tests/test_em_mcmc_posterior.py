@@ -250,3 +250,65 @@ def test_reference_noise_is_colder_than_posterior():
     x1 = np.c_[x, np.ones(n)]
     post_var = np.diag(np.linalg.inv(x1.T @ x1 + np.eye(d + 1)))[:d]
     assert np.all(k.var(0) < 0.1 * post_var)
+
+
+def test_learn_noise_samples_the_blr_posterior_with_the_noise_integrated_out():
+    """learn_noise with noise="posterior" on the linear model (hidden=[]), 11 coefficients, 40 rows. The noise
+    M-step sets v to the iterate's mean squared residual RSS(w)/n at every full-batch step, so the w-chain's
+    drift is grad[(n/2) log RSS(w)] + the prior's: it targets RSS(w)^(-n/2) N(w; 0, I), the marginal posterior
+    of w with sigma^2 integrated out under Jeffreys' prior 1/sigma^2. The independent reference is a NumPy Gibbs
+    sampler of that joint (w | sigma^2 Gaussian, sigma^2 | w ~ InvGamma(n/2, RSS/2)), in float64.
+
+    Compared: the coefficient means and variances and E[RSS(w)/n] (= E v of the chain). Tolerances from the two
+    chains' effective sample sizes: a mean differs by <= 4 sd of the difference of two Monte Carlo means
+    (sqrt(var_a/ESS_a + var_b/ESS_b)); a variance ratio by <= 4 sqrt(2/ESS_a + 2/ESS_b) + 0.04 (the fixed
+    step's O(eta h) bias, as in test_posterior_noise_samples_exact_blr_posterior); E[RSS/n] by 4 sd of the
+    difference plus 2 % (the same bias acting on the residuals).
+    """
+    method = get_method("em_mcmc")
+    n, d = 40, 10
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x @ (0.3 * rng.normal(size=(d, 1))) + 0.2 + 0.5 * rng.normal(size=(n, 1))).astype(np.float32)
+    steps, burn, thin = 24_000, 2_000, 4
+    hp = method.hparams_cls(noise="posterior", sparse=False, c2_peak=0.02, beta1=0.9, eps1=1.0 / n,
+                            eps_bias=1.0 / n, learn_noise=True, steps_per_epoch=1, burn_in=burn, thin=thin,
+                            n_samples=(steps - burn) // thin)
+    algo = method.build(ModelSpec(hidden=()), DataSpec("regression", d, 1, n), hp)
+    state = algo.init(jax.random.key(11))
+    batch = Batch(jnp.asarray(x), jnp.asarray(y), jnp.ones(n))
+
+    def body(s, _):
+        return algo.end_epoch(algo.step(s, batch)[0], jnp.asarray(0)), None
+
+    state, _ = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps))(state)
+    ring = ring_samples(state.samples)
+    chain = np.concatenate([np.asarray(ring["params"][0]["kernel"], np.float64)[:, :, 0],
+                            np.asarray(ring["params"][0]["bias"], np.float64)], axis=1)
+    x1 = np.c_[x, np.ones(n)].astype(np.float64)
+    yy = y[:, 0].astype(np.float64)
+
+    g = np.random.default_rng(0)
+    gram, xty = x1.T @ x1, x1.T @ yy
+    s2, draws = 1.0, []
+    for t in range(12_000):
+        cov = np.linalg.inv(gram / s2 + np.eye(d + 1))
+        w = g.multivariate_normal(cov @ xty / s2, cov)
+        s2 = 1.0 / g.gamma(n / 2.0, 2.0 / np.sum((yy - x1 @ w) ** 2))
+        if t >= 1_000:
+            draws.append(w)
+    ref = np.asarray(draws)
+
+    def rss_n(ws):
+        return np.sum((yy[None] - ws @ x1.T) ** 2, axis=1)[:, None] / n
+
+    for a, b, extra in ((chain, ref, 0.0), (rss_n(chain), rss_n(ref), 0.02)):
+        ess_a, ess_b = _ess(a), _ess(b)
+        assert np.all(ess_a > 300), ess_a
+        sd_diff = np.sqrt(a.var(0) / ess_a + b.var(0) / ess_b)
+        np.testing.assert_array_less(np.abs(a.mean(0) - b.mean(0)), 4 * sd_diff + extra * np.abs(b.mean(0)))
+        if extra == 0.0:
+            ratio = a.var(0) / b.var(0)
+            np.testing.assert_array_less(np.abs(ratio - 1), 4 * np.sqrt(2 / ess_a + 2 / ess_b) + 0.04)
+    # the chain's v is the M-step's RSS / n of the iterate before it
+    np.testing.assert_allclose(np.asarray(ring["noise_var"], np.float64).mean(), rss_n(chain).mean(), rtol=0.02)
