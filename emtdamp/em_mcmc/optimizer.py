@@ -19,7 +19,7 @@ Per step, with ``g = grad lbar(w)`` (minibatch *mean* loss, no prior), ``C = sqr
     m   <- beta1 m - C^2 beta2 (g + eps w) + sd xi
     w   <- (w + tau m) * keep
 
-with ``sd = sqrt(2 + 2 beta1^2) C^1.5 T`` (the reference; a cold chain) or, with ``posterior_noise``,
+with ``sd = sqrt(2 + 2 beta1^2) C^1.5 T`` (the reference; a cold chain) or, built with ``posterior_noise=True``,
 ``sd = sqrt(2 (1 - beta1) beta2 C^2 / (N tau))``: then ``v = tau m`` follows SGHMC with step
 ``eta = tau C^2 beta2 / N`` on the energy ``U = N (lbar + eps |w|^2 / 2)``, friction ``1 - beta1`` and
 noise variance ``2 (1 - beta1) eta``, i.e. temperature 1 (samples of ``exp(-U)`` up to the O(eta)
@@ -27,7 +27,10 @@ discretisation bias and the minibatch-gradient noise). ``rho`` is updated only w
 ``count < rho_adapt_steps`` (``< 0``: always), so the preconditioner can be frozen after a burn-in.
 
 Every hyperparameter is an array in ``state.hyper`` (change with ``state._replace(hyper=...)``;
-nothing recompiles). Deviations from the reference code (spec B.6) are listed on :func:`em_mcmc`.
+nothing recompiles). The noise kind (``posterior_noise``) and its distribution (``noise_dist``) are static
+arguments of :func:`em_mcmc` / :func:`em_mcmc_step`: the reference noise is then one scalar per step, with no
+per-weight square root and division for the noise kind not in use (docs/speed.md). Deviations from the
+reference code (spec B.6) are listed on :func:`em_mcmc`.
 """
 
 from __future__ import annotations
@@ -69,7 +72,6 @@ class EMMCMCHyper(NamedTuple):
     em_enabled: jax.Array
     soft_estep: jax.Array
     update_theta: jax.Array
-    posterior_noise: jax.Array
     rho_adapt_steps: jax.Array
 
 
@@ -122,12 +124,9 @@ def make_hyper(dtype=jnp.float32, *, n_data: float, c2_peak: float = 0.01, cycle
                eta: float = 0.1, temperature: float | None = None, theta_a: float = 1.0,
                theta_b: float = 1.0, prune_target: float = 0.0, warm_up: int = 50,
                steps_per_epoch: int = 0, em_enabled: bool = True, soft_estep: bool = False,
-               update_theta: bool = False, posterior_noise: bool = False,
-               rho_adapt_steps: int = -1) -> EMMCMCHyper:
+               update_theta: bool = False, rho_adapt_steps: int = -1) -> EMMCMCHyper:
     """Pack hyperparameters as arrays; ``temperature=None`` means ``T = sqrt(1/N)`` (notebooks).
 
-    ``posterior_noise``: inject the temperature-1 SGHMC noise ``sqrt(2 (1 - beta1) beta2 C^2 / (N tau))``
-    instead of the reference's ``sqrt(2 + 2 beta1^2) C^1.5 T`` (see :func:`em_mcmc_step`).
     ``rho_adapt_steps``: the preconditioner logit ``rho`` is updated only while ``count < rho_adapt_steps``
     (``< 0``: always, the reference behaviour).
     """
@@ -140,8 +139,7 @@ def make_hyper(dtype=jnp.float32, *, n_data: float, c2_peak: float = 0.01, cycle
         theta_a=f(theta_a), theta_b=f(theta_b), prune_target=f(prune_target),
         warm_up=jnp.asarray(warm_up, jnp.int32), steps_per_epoch=jnp.asarray(steps_per_epoch, jnp.int32),
         em_enabled=jnp.asarray(em_enabled), soft_estep=jnp.asarray(soft_estep),
-        update_theta=jnp.asarray(update_theta), posterior_noise=jnp.asarray(posterior_noise),
-        rho_adapt_steps=jnp.asarray(rho_adapt_steps, jnp.int32))
+        update_theta=jnp.asarray(update_theta), rho_adapt_steps=jnp.asarray(rho_adapt_steps, jnp.int32))
 
 
 def em_and_prune(params: PyTree, spec: GroupSpec, state: EMMCMCState) -> EMMCMCState:
@@ -160,7 +158,8 @@ def em_and_prune(params: PyTree, spec: GroupSpec, state: EMMCMCState) -> EMMCMCS
 
 
 def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, store_noise: bool = False,
-            noise_dist: str = DEFAULT_NOISE, **hyper_kwargs) -> optax.GradientTransformation:
+            noise_dist: str = DEFAULT_NOISE, posterior_noise: bool = False,
+            **hyper_kwargs) -> optax.GradientTransformation:
     """EM-MCMC optimiser (adaptive mean-field VI = preconditioned SGHMC with a spike-and-slab group
     prior and one-shot pruning).
 
@@ -179,8 +178,7 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
         threshold; ``eta`` preconditioner step; ``temperature`` ``T``; ``prune_target`` one-shot
         fraction of primary groups removed at the first EM event; ``warm_up`` epochs before EM;
         ``steps_per_epoch`` (0 = unknown: no EM, constant step, until set in ``state.hyper``);
-        ``em_enabled`` (False = dense optimiser); ``soft_estep``; ``update_theta``;
-        ``posterior_noise`` (temperature-1 noise, module docstring); ``rho_adapt_steps``.
+        ``em_enabled`` (False = dense optimiser); ``soft_estep``; ``update_theta``; ``rho_adapt_steps``.
     store_noise:
         Keep the previous step's noise ``xi`` in the state (one more params-sized buffer, updated in
         place, one draw per step) instead of regenerating it from the key (two draws per step). Both give
@@ -188,6 +186,9 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
     noise_dist:
         The injected noise ``xi`` (:func:`noise_tree`): ``"three_point"`` (default) or ``"gaussian"``. The
         initial momentum ``0.001 xi_0`` is drawn from the same distribution.
+    posterior_noise:
+        Inject the temperature-1 SGHMC noise ``sqrt(2 (1 - beta1) beta2 C^2 / (N tau))`` (module docstring)
+        instead of the reference's ``sqrt(2 + 2 beta1^2) C^1.5 T``. Static, like ``noise_dist``.
 
     Notes
     -----
@@ -218,7 +219,7 @@ def em_mcmc(spec: GroupSpec, key: jax.Array, hyper: EMMCMCHyper | None = None, s
     def update(grads: PyTree, state: EMMCMCState, params: PyTree | None = None):
         if params is None:
             raise ValueError("em_mcmc.update needs params")
-        new_params, new_state = em_mcmc_step(spec, grads, state, params, noise_dist)
+        new_params, new_state = em_mcmc_step(spec, grads, state, params, noise_dist, posterior_noise)
         updates = jax.tree_util.tree_map(lambda a, b: a - b, new_params, params)
         return updates, new_state
 
@@ -231,11 +232,12 @@ def masked_params(params: PyTree, state: EMMCMCState) -> PyTree:
 
 
 def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState, params: PyTree,
-                 noise_dist: str = DEFAULT_NOISE) -> tuple[PyTree, EMMCMCState]:
+                 noise_dist: str = DEFAULT_NOISE, posterior_noise: bool = False) -> tuple[PyTree, EMMCMCState]:
     """One EM-MCMC step returning the new params directly (see the module docstring for the rule).
 
     ``grads``: gradient of the minibatch *mean* loss at ``params`` (no prior term); ``noise_dist``: the
-    distribution of ``xi`` (:func:`noise_tree`; the one :func:`em_mcmc` was built with).
+    distribution of ``xi`` (:func:`noise_tree`) and ``posterior_noise``: the noise kind, both static and the
+    ones :func:`em_mcmc` was built with.
     """
     h = state.hyper
     is_em = h.em_enabled & em_gate(state.count, h.steps_per_epoch, h.warm_up)
@@ -260,8 +262,8 @@ def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState, params: PyT
     adapt = (h.rho_adapt_steps < 0) | (state.count < h.rho_adapt_steps)
     new_r = []
     for g, xp, r, e in zip(g_l, xi_prev, r_l, eps, strict=True):
-        tau = jax.nn.sigmoid(r)
-        r_new = r - h.eta * (t ** 2 * c ** 3 * e * tau + t * c15 * xp * g - 1.0 / (tau * h.n_data))
+        inv_tau = 1.0 + jnp.exp(-r)   # 1 / sigmoid(r)
+        r_new = r - h.eta * (t ** 2 * c ** 3 * e / inv_tau + t * c15 * xp * g - inv_tau / h.n_data)
         new_r.append(jnp.where(adapt, r_new, r).astype(r.dtype))
     count_new = state.count + 1
     if state.xi is not None:
@@ -278,8 +280,7 @@ def em_mcmc_step(spec: GroupSpec, grads: PyTree, state: EMMCMCState, params: PyT
         tau = jax.nn.sigmoid(r)
         # temperature-1 SGHMC with velocity v = tau m: v <- beta1 v - (tau lr beta2 / N) grad U + tau sd xi
         # needs (tau sd)^2 = 2 (1 - beta1) (tau lr beta2 / N)
-        sd = jnp.where(h.posterior_noise, jnp.sqrt(2.0 * (1.0 - h.beta1) * h.beta2 * lr / (h.n_data * tau)),
-                       noise_scale)
+        sd = jnp.sqrt(2.0 * (1.0 - h.beta1) * h.beta2 * lr / (h.n_data * tau)) if posterior_noise else noise_scale
         m = h.beta1 * m - lr * h.beta2 * (g + e * w) + sd * xn
         wn = w + tau * m
         if len(k):

@@ -237,21 +237,23 @@ def build_em_mcmc() -> Method:
         spec = flax_group_spec(shapes)  # = mlp_group_spec for an MLP
         dtype = kernels(shapes)[0].dtype
         n = float(data.n_train)
+        posterior_noise = hp.noise == "posterior"
         hyper = make_hyper(
             dtype, n_data=n, c2_peak=hp.c2_peak, cycle_epochs=hp.cycle_epochs, beta1=hp.beta1,
             beta2=hp.beta2, eps0=hp.eps0, eps1=hp.eps1, eps_ungrouped=hp.eps_bias,
             soft_threshold=hp.soft_threshold, hard_threshold=hp.hard_threshold, eta=hp.eta,
             temperature=n ** (-hp.temperature_power), prune_target=prune_target, warm_up=hp.warm_up,
             steps_per_epoch=hp.steps_per_epoch, em_enabled=hp.sparse, soft_estep=hp.estep == "soft",
-            update_theta=hp.update_theta, posterior_noise=hp.noise == "posterior",
-            rho_adapt_steps=_burn_in_steps(hp.burn_in, hp.steps_per_epoch) if hp.noise == "posterior" else -1)
+            update_theta=hp.update_theta,
+            rho_adapt_steps=_burn_in_steps(hp.burn_in, hp.steps_per_epoch) if posterior_noise else -1)
         task, kind = data.task, model.kind
         learn_noise = hp.learn_noise and data.task == "regression"
 
         def init(key) -> EMMCMCMethodState:
             k_p, k_o = jax.random.split(key)
             params = init_params(k_p)
-            tx = em_mcmc(spec, k_o, hyper, store_noise=hp.store_noise, noise_dist=hp.noise_dist)
+            tx = em_mcmc(spec, k_o, hyper, store_noise=hp.store_noise, noise_dist=hp.noise_dist,
+                         posterior_noise=posterior_noise)
             opt = tx.init(params)
             lt = float(np.log(hp.theta0) - np.log1p(-hp.theta0))
             opt = opt._replace(logit_theta=jnp.asarray(lt, dtype))
@@ -268,7 +270,7 @@ def build_em_mcmc() -> Method:
             v = state.noise_var if learn_noise else None
             (_, (loss, rss, n_res)), grads = jax.value_and_grad(_loss_fn, argnums=1, has_aux=True)(
                 apply_fn, state.params, batch, task, hp.loss_scale, v)
-            params, opt = em_mcmc_step(spec, grads, state.opt, state.params, hp.noise_dist)
+            params, opt = em_mcmc_step(spec, grads, state.opt, state.params, hp.noise_dist, posterior_noise)
             count = state.count + 1
             samples = buffer_update(state.samples, {"params": params, "noise_var": state.noise_var}, count)
             kept = sum(jnp.sum(k[0]) for k in opt.keep if len(k))
@@ -281,7 +283,7 @@ def build_em_mcmc() -> Method:
             measured = (state.opt.count // (jnp.asarray(epoch, jnp.int32) + 1)).astype(jnp.int32)
             spe = jnp.where(h.steps_per_epoch > 0, h.steps_per_epoch, measured)
             burn = state.burn_in_epochs * spe                               # burn-in in iterations
-            rho_adapt = jnp.where(h.posterior_noise, burn, -1).astype(jnp.int32)
+            rho_adapt = (burn if posterior_noise else jnp.full_like(burn, -1)).astype(jnp.int32)
             opt = state.opt._replace(hyper=h._replace(steps_per_epoch=spe, rho_adapt_steps=rho_adapt))
             noise_var = noise_mstep(state.rss, state.noise_var, hp.noise_floor) if task == "regression" \
                 else state.noise_var
