@@ -1,0 +1,70 @@
+"""scripts/validation_split.py: the validation rows come from the training split only, and a variant runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from emtdamp.data import load
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("validation_split", ROOT / "scripts" / "validation_split.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(x) -> list[tuple]:
+    return [tuple(np.round(r, 9)) for r in np.asarray(x, np.float64).reshape(len(x), -1)]
+
+
+def test_validation_rows_are_training_rows_only(tmp_path):
+    mod = _script()
+    d = load("boston", seed=1, test_fraction=0.1)
+    a = np.load(mod.validation_npz(1, tmp_path))
+    assert a["x_train"].shape == (455 - 91, 13) and a["x_test"].shape == (91, 13)
+    rows = set(_rows(d.x_train))
+    fit_val = np.concatenate([a["x_train"], a["x_test"]])
+    assert all(r in rows for r in _rows(fit_val))          # every row is a training row
+    assert len(set(_rows(fit_val))) == 455                  # each once: fit and validation disjoint
+    np.testing.assert_allclose(np.sort(np.concatenate([a["y_train"], a["y_test"]]).ravel()),
+                               np.sort(np.asarray(d.y_train).ravel() * d.y_std[0] + d.y_mean[0]), rtol=1e-6)
+
+
+def test_mnist5k_validation_images_are_training_images_stratified(tmp_path):
+    mod = _script()
+    d = load("mnist5k", seed=2)
+    a = np.load(mod.validation_npz(2, tmp_path, "mnist5k"))
+    assert a["x_train"].shape == (3000, 784) and a["x_test"].shape == (1000, 784)
+    y = np.asarray(d.y_train).reshape(-1)
+    train_rows = {r: label for r, label in zip(_rows(d.x_train), y, strict=True)}
+    test_rows = set(_rows(d.x_test))
+    for xs, ys in ((a["x_train"], a["y_train"]), (a["x_test"], a["y_test"])):
+        for r, label in zip(_rows(xs), ys, strict=True):
+            assert train_rows.get(r) == label and r not in test_rows
+    # fit and validation are disjoint and together the whole training split
+    assert len(set(_rows(a["x_train"])) | set(_rows(a["x_test"]))) == len(set(train_rows))
+    # stratified: each class's validation share within one image of 1,000 x its training share
+    share = np.bincount(y, minlength=10) / len(y)
+    assert np.all(np.abs(np.bincount(a["y_test"], minlength=10) - 1000 * share) <= 1.0)
+
+
+def test_one_variant_prints_its_validation_figures(capsys):
+    mod = _script()
+    assert mod.main([str(ROOT / "configs" / "boston.yaml"), "train.epochs=2", "--data-seeds", "0"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("train.epochs=2 | ") and "mean" in line
+
+
+def test_a_mnist5k_variant_prints_accuracy_nll_ece(capsys):
+    mod = _script()
+    assert mod.main([str(ROOT / "configs" / "mnist5k.yaml"), "train.epochs=1", "--dataset", "mnist5k",
+                     "--data-seeds", "0"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    acc, nll, ece = (float(v) for v in line.split("| mean ")[1].split(" / "))
+    assert 0.5 < acc <= 1.0 and 0.0 < nll < 2.0 and 0.0 <= ece < 0.5, line
