@@ -36,8 +36,14 @@ from emtdamp.loops.centralised import predict_in_chunks
 from emtdamp.metrics import classification_metrics, regression_metrics
 from emtdamp.runs import run_config
 
-N_VALIDATION = {"boston": 91, "mnist5k": 1000}   # Boston: 20 % of the 455 training rows; mnist5k: 25 % of 4,000
-DATA_OVERRIDES = {"boston": ["model.hidden=[50]"], "mnist5k": []}
+# Per dataset: validation rows (Boston: 20 % of the 455 training rows; mnist5k: 25 % of 4,000), the npz task,
+# overrides applied before the variant, and how the three figures print (per split; their mean).
+DATASETS = {
+    "boston": {"n_validation": 91, "task": "regression", "overrides": ["model.hidden=[50]"],
+               "split_fmt": "{:.3f}/{:.3f}/{:.2f}", "mean_fmt": "{:.3f}"},
+    "mnist5k": {"n_validation": 1000, "task": "classification", "overrides": [],
+                "split_fmt": "{:.4f}/{:.4f}/{:.4f}", "mean_fmt": "{:.4f}"},
+}
 
 
 def validation_npz(seed: int, folder: Path, dataset: str = "boston") -> Path:
@@ -45,20 +51,21 @@ def validation_npz(seed: int, folder: Path, dataset: str = "boston") -> Path:
 
     Boston: raw targets, inputs as the loader standardised them; mnist5k: pixels in [0, 1], integer labels.
     """
+    if dataset not in DATASETS:
+        raise ValueError(f"validation_split: unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+    n_val = DATASETS[dataset]["n_validation"]
     path = folder / f"{dataset}_validation_{seed}.npz"
     if dataset == "boston":
         d = load("boston", seed=seed, test_fraction=0.1)
         x = np.asarray(d.x_train, np.float64)
         y = np.asarray(d.y_train, np.float64) * d.y_std + d.y_mean
         perm = np.random.default_rng(1000 + seed).permutation(len(x))
-        va, tr = perm[:N_VALIDATION[dataset]], perm[N_VALIDATION[dataset]:]
-    elif dataset == "mnist5k":
+        va, tr = perm[:n_val], perm[n_val:]
+    else:  # mnist5k
         d = load("mnist5k", seed=seed)
         x = np.asarray(d.x_train)
         y = np.asarray(d.y_train).reshape(-1)
-        tr, va = split_indices(len(y), 0.25, 1000 + seed, labels=y, n_test=N_VALIDATION[dataset])
-    else:
-        raise ValueError(f"validation_split: unknown dataset {dataset!r}; choose from {sorted(N_VALIDATION)}")
+        tr, va = split_indices(len(y), n_val / len(y), 1000 + seed, labels=y, n_test=n_val)
     np.savez(path, x_train=x[tr], y_train=y[tr], x_test=x[va], y_test=y[va])
     return path
 
@@ -76,26 +83,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("variants", nargs="+", help='override lists, e.g. "train.chains=8 train.epochs=25" ("" = as is)')
-    ap.add_argument("--dataset", choices=sorted(N_VALIDATION), default="boston")
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="boston")
     ap.add_argument("--data-seeds", nargs="+", type=int, default=[0, 1, 2])
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="validation_split-"))
     files = {s: validation_npz(s, root, args.dataset) for s in args.data_seeds}
-    task = "regression" if args.dataset == "boston" else "classification"
-    fmt = "{:.3f}/{:.3f}/{:.2f}" if task == "regression" else "{:.4f}/{:.4f}/{:.4f}"
+    ds = DATASETS[args.dataset]
     for variant in args.variants:
         rows = []
         for s in args.data_seeds:
-            over = ["data.name=npz", f"data.options={{path: {files[s]}, task: {task}}}", *DATA_OVERRIDES[args.dataset],
+            over = ["data.name=npz", f"data.options={{path: {files[s]}, task: {ds['task']}}}", *ds["overrides"],
                     "output.checkpoint=false", "output.plots=false", "train.progress=false",
                     f"output.dir={root / 'run'}", *variant.split()]
             cfg = load_config(args.config, over)
             _, _, res = run_config(cfg, root / "run", progress=False)
             rows.append(_figures(args.dataset, res, load(cfg.data.name, seed=cfg.data.seed, **cfg.data.options)))
         r = np.array(rows)
-        per = "  ".join(fmt.format(*row) for row in r)
-        print(f"{variant or '(as is)'} | {per} | mean " + " / ".join(f"{v:.4f}" if task == "classification" else
-                                                                      f"{v:.3f}" for v in r.mean(0)), flush=True)
+        per = "  ".join(ds["split_fmt"].format(*row) for row in r)
+        mean = " / ".join(ds["mean_fmt"].format(v) for v in r.mean(0))
+        print(f"{variant or '(as is)'} | {per} | mean {mean}", flush=True)
     return 0
 
 
