@@ -68,3 +68,27 @@ def test_a_mnist5k_variant_prints_accuracy_nll_ece(capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     acc, nll, ece = (float(v) for v in line.split("| mean ")[1].split(" / "))
     assert 0.5 < acc <= 1.0 and 0.0 < nll < 2.0 and 0.0 <= ece < 0.5, line
+
+
+def test_mnist5k_standardised_carve_uses_the_fit_images_statistics(tmp_path):
+    mod = _script()
+    raw = np.load(mod.validation_npz(0, tmp_path, "mnist5k"))
+    std = np.load(mod.validation_npz(0, tmp_path, "mnist5k", standardize=True))
+    # the spec's (x - mean) / (sd + 0.1), with the mean and sd of the 3,000 fit images only (NumPy by hand)
+    mu, sd = raw["x_train"].mean(0), raw["x_train"].std(0) + 0.1
+    np.testing.assert_allclose(std["x_train"], (raw["x_train"] - mu) / sd, atol=1e-5)
+    np.testing.assert_allclose(std["x_test"], (raw["x_test"] - mu) / sd, atol=1e-5)
+    np.testing.assert_array_equal(std["y_test"], raw["y_test"])
+
+
+def test_standardize_outside_mnist5k_is_a_one_line_usage_error(tmp_path, capsys):
+    mod = _script()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((ROOT / "configs" / "paper" / "curves_mnist5k_emtdamp.yaml").read_text())
+    try:
+        mod.main([str(cfg), "", "--dataset", "boston"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("no usage error")
+    assert "standardize" in capsys.readouterr().err.strip().splitlines()[-1]

