@@ -55,6 +55,8 @@ def validation_npz(seed: int, folder: Path, dataset: str = "boston", standardize
     """
     if dataset not in DATASETS:
         raise ValueError(f"validation_split: unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+    if standardize and dataset != "mnist5k":
+        raise ValueError(f"validation_split: standardize applies to the mnist5k carve only, not {dataset!r}")
     n_val = DATASETS[dataset]["n_validation"]
     path = folder / f"{dataset}_validation_{seed}{'_std' if standardize else ''}.npz"
     if dataset == "boston":
@@ -63,15 +65,14 @@ def validation_npz(seed: int, folder: Path, dataset: str = "boston", standardize
         y = np.asarray(d.y_train, np.float64) * d.y_std + d.y_mean
         perm = np.random.default_rng(1000 + seed).permutation(len(x))
         va, tr = perm[:n_val], perm[n_val:]
+        x_fit, x_val = x[tr], x[va]
     else:  # mnist5k
         d = load("mnist5k", seed=seed)
         x = np.asarray(d.x_train)
         y = np.asarray(d.y_train).reshape(-1)
         tr, va = split_indices(len(y), n_val / len(y), 1000 + seed, labels=y, n_test=n_val)
         x_fit, x_val, _ = pixel_inputs(x[tr], x[va], standardize)
-        np.savez(path, x_train=x_fit, y_train=y[tr], x_test=x_val, y_test=y[va])
-        return path
-    np.savez(path, x_train=x[tr], y_train=y[tr], x_test=x[va], y_test=y[va])
+    np.savez(path, x_train=x_fit, y_train=y[tr], x_test=x_val, y_test=y[va])
     return path
 
 
