@@ -56,7 +56,8 @@ def validation_npz(seed: int, folder: Path, dataset: str = "boston", standardize
     if dataset not in DATASETS:
         raise ValueError(f"validation_split: unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
     if standardize and dataset != "mnist5k":
-        raise ValueError(f"validation_split: standardize applies to the mnist5k carve only, not {dataset!r}")
+        raise ValueError(f"data.options.standardize applies to the mnist5k carve only, not {dataset!r}; drop it or "
+                         "pass --dataset mnist5k")
     n_val = DATASETS[dataset]["n_validation"]
     path = folder / f"{dataset}_validation_{seed}{'_std' if standardize else ''}.npz"
     if dataset == "boston":
@@ -94,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="validation_split-"))
     standardize = bool(load_config(args.config).data.options.get("standardize", False))
-    if standardize and args.dataset != "mnist5k":
-        ap.error(f"{args.config} sets data.options.standardize, which only the mnist5k carve applies; drop it or "
-                 "pass --dataset mnist5k")
-    files = {s: validation_npz(s, root, args.dataset, standardize) for s in args.data_seeds}
+    try:
+        files = {s: validation_npz(s, root, args.dataset, standardize) for s in args.data_seeds}
+    except ValueError as e:
+        ap.error(f"{args.config}: {e}")
     ds = DATASETS[args.dataset]
     for variant in args.variants:
         rows = []
