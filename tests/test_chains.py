@@ -60,6 +60,39 @@ def test_each_chain_equals_its_own_run(name):
     np.testing.assert_allclose(pred.var, np.stack([p.var for p in per]).mean(0) + mu.var(0), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [32, 512])
+def test_training_epoch_gives_each_chain_its_own_minibatch_order(batch):
+    """The loop's epoch of K chains: chain k is one chain's epoch on the order drawn from split(key, K)[k]
+    (its rows in an order of its own), for EM-TDAMP (a fit per chain) on Boston's 455 rows in batches of 32.
+    With one full batch (512 >= 455) every chain steps on the same batch, as the chain step does."""
+    from emtdamp.loops.centralised import epoch_batches, make_epoch_fn
+
+    data = load("boston")
+    m = get_method("emtdamp")
+    spec, k = ModelSpec((8,)), 3
+    wrapped = with_chains(m, k).build(spec, data.spec, m.hparams_cls())
+    algo = m.build(spec, data.spec, m.hparams_cls())
+    key, ekey = jax.random.PRNGKey(7), jax.random.PRNGKey(11)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    states, loss = make_epoch_fn(wrapped, batch, jit=False)(wrapped.init(key), ekey, x, y)
+    keys = jax.random.split(ekey, k) if batch < len(x) else [ekey] * k
+    losses = []
+    for i, (init_key, order_key) in enumerate(zip(jax.random.split(key, k), keys, strict=True)):
+        st, n_seen, total = algo.init(init_key), 0, 0.0
+        idx, w = epoch_batches(order_key, x.shape[0], batch)
+        for ib, wb in zip(np.asarray(idx), np.asarray(w), strict=True):
+            st, met = algo.step(st, Batch(x[ib], y[ib], jnp.asarray(wb, x.dtype)))
+            total, n_seen = total + float(met["loss"]) * wb.sum(), n_seen + wb.sum()
+        losses.append(total / n_seen)
+        for u, v in zip(jax.tree_util.tree_leaves(chain_slice(states, i)), jax.tree_util.tree_leaves(st),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(loss), np.mean(losses), rtol=1e-4)
+    if batch < len(x):   # the chains' first minibatches differ
+        firsts = [np.asarray(epoch_batches(kk, x.shape[0], batch)[0][0]) for kk in keys]
+        assert not np.array_equal(firsts[0], firsts[1])
+
+
 def test_one_chain_is_the_method_itself():
     m = get_method("adam")
     assert with_chains(m, 1) is m

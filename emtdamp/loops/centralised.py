@@ -59,18 +59,38 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, j
 
 
 def make_epoch_fn(algo: Algorithm, batch_size: int, jit: bool = True) -> Callable:
-    """``epoch(state, key, x, y) -> (state, mean_loss)``: one jitted, scanned pass over the data."""
+    """``epoch(state, key, x, y) -> (state, mean_loss)``: one jitted, scanned pass over the data.
 
-    def epoch(state, key, x, y):
-        idx, w = epoch_batches(key, x.shape[0], batch_size)
+    For ``K`` chains (``algo.chains``, :func:`~emtdamp.methods.chains.chain_algorithm`) with more than one
+    minibatch per epoch, the one-chain epoch is vmapped and chain ``k`` shuffles with ``split(key, K)[k]``:
+    each chain its own minibatch order; ``mean_loss`` is the chain mean. With one minibatch (``batch_size >=
+    n``) all chains step on the same batch.
+    """
+    def scanned_epoch(alg):
+        def epoch(state, key, x, y):
+            idx, w = epoch_batches(key, x.shape[0], batch_size)
 
-        def body(st, iw):
-            i, wb = iw
-            st, m = algo.step(st, Batch(x=x[i], y=y[i], w=wb.astype(x.dtype)))
-            return st, (m["loss"], wb.sum())
+            def body(st, iw):
+                i, wb = iw
+                st, m = alg.step(st, Batch(x=x[i], y=y[i], w=wb.astype(x.dtype)))
+                return st, (m["loss"], wb.sum())
 
-        state, (losses, counts) = jax.lax.scan(body, state, (idx, w))
-        return state, jnp.sum(losses * counts) / jnp.sum(counts)
+            state, (losses, counts) = jax.lax.scan(body, state, (idx, w))
+            return state, jnp.sum(losses * counts) / jnp.sum(counts)
+        return epoch
+
+    shared = scanned_epoch(algo)
+    if algo.chains is None:
+        epoch = shared
+    else:
+        single, n_chains = algo.chains
+        per_chain = jax.vmap(scanned_epoch(single), in_axes=(0, 0, None, None))
+
+        def epoch(state, key, x, y):
+            if x.shape[0] <= batch_size:    # one minibatch: nothing to order
+                return shared(state, key, x, y)
+            state, losses = per_chain(state, jax.random.split(key, n_chains), x, y)
+            return state, jnp.mean(losses)
 
     return jax.jit(epoch, donate_argnums=(0,)) if jit else epoch
 

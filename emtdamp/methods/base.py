@@ -115,6 +115,10 @@ class Algorithm:
         components (the sampling methods: one per kept posterior sample), whose moments equal
         ``predict``'s. Quantiles and predictive draws are computed from it; methods without it have
         the single Gaussian (or categorical) component ``predict`` gives.
+    chains:
+        Set by :func:`~emtdamp.methods.chains.chain_algorithm` only: ``(single, K)``, the one-chain
+        algorithm this one runs ``K`` vmapped copies of. The training loop's epoch
+        (:func:`~emtdamp.loops.centralised.make_epoch_fn`) then gives each chain its own minibatch order.
     """
 
     init: Callable[[jax.Array], PyTree]
@@ -124,6 +128,7 @@ class Algorithm:
     end_epoch: Callable[[PyTree, jax.Array], PyTree] | None = None
     diagnostics: Callable[[PyTree], dict] | None = None
     predict_mixture: Callable[[PyTree, jax.Array], Mixture] | None = None
+    chains: tuple[Algorithm, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
