@@ -324,7 +324,7 @@ def build_emtdamp_fed() -> FedMethod:
                                    ramp=hp.ramp, prune_inputs=hp.prune_inputs)
 
         def predict(state: TdampState, x) -> Predictive:
-            return tdamp_predictive(state, x, task, hp.plug_in, hp.class_rule)
+            return tdamp_predictive(state, x, task, hp.plug_in, hp.class_rule, hp.output_model)
 
         codec = tdamp_codec(jax.eval_shape(init, jax.random.PRNGKey(0)), hp.compress)
 

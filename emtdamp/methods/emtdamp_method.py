@@ -18,7 +18,15 @@ from emtdamp.methods.registry import register
 from emtdamp.models import mlp
 from emtdamp.tdamp import em, prune
 from emtdamp.tdamp.class_probs import CLASS_RULES
-from emtdamp.tdamp.state import EVIDENCE_MODES, INIT_MEANS, RHO_MODES, V_SCHEDULES, V_UPDATES, TdampHParams
+from emtdamp.tdamp.state import (
+    EVIDENCE_MODES,
+    INIT_MEANS,
+    OUTPUT_MODELS,
+    RHO_MODES,
+    V_SCHEDULES,
+    V_UPDATES,
+    TdampHParams,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +64,18 @@ class EmtdampHParams:
     ramp: int = hparam(20, range=(1, 100000), doc="epochs over which the kept share ramps from 1 to kappa")
     prune_inputs: bool = hparam(True, doc="whether input features (first-layer groups) may be pruned")
     plug_in: bool = hparam(False, doc="predict with the posterior-mean network instead of moment propagation")
+    output_model: str = hparam("probit", choices=OUTPUT_MODELS,
+                               doc="classification likelihood: 'probit' (spec: product of pairwise probits, noise "
+                                   "variance v by EM) or 'softmax' (mean-field softmax, no v; docs/emtdamp.md)")
     class_rule: str = hparam("product", choices=CLASS_RULES,
-                             doc="classification probabilities: 'product' (spec: normalised product of pairwise "
-                                 "probits) or 'max' (P of the largest noisy score; emtdamp.tdamp.class_probs)")
+                             doc="probit output model's class probabilities: 'product' (spec: normalised product of "
+                                 "pairwise probits) or 'max' (P of the largest noisy score; emtdamp.tdamp.class_probs)")
 
 
 def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
     """The static :class:`~emtdamp.tdamp.TdampHParams` for a method configuration."""
-    return TdampHParams(task=task, n_iter=hp.n_iter, beta=hp.beta, rho_mode=hp.rho_mode, v_update=hp.v_update,
+    return TdampHParams(task=task, output_model=hp.output_model, n_iter=hp.n_iter, beta=hp.beta,
+                        rho_mode=hp.rho_mode, v_update=hp.v_update,
                         v_passes=hp.v_passes, v_ema=hp.v_ema, v_schedule=hp.v_schedule, v_warm=hp.v_warm,
                         lambda_f=hp.lambda_f,
                         evidence=hp.evidence, sigma0_sq=hp.sigma0_sq, gamma=hp.gamma, sigmab0_sq=hp.sigmab0_sq,
@@ -71,9 +83,10 @@ def tdamp_hparams(hp: EmtdampHParams, task: str, dtype: str) -> TdampHParams:
                         rho0=hp.rho0, rho_clip=hp.rho_clip, v0=hp.v0, dtype=dtype)
 
 
-def tdamp_predictive(state, x, task: str, plug_in: bool, class_rule: str = "product") -> Predictive:
+def tdamp_predictive(state, x, task: str, plug_in: bool, class_rule: str = "product",
+                     output_model: str = "probit") -> Predictive:
     """:func:`emtdamp.tdamp.predict` as a :class:`Predictive` (moment propagation or plug-in)."""
-    out = tdamp.predict(state, x, plug_in=plug_in, task=task, class_rule=class_rule)
+    out = tdamp.predict(state, x, plug_in=plug_in, task=task, class_rule=class_rule, output_model=output_model)
     return Predictive(mean=out[0], var=out[1]) if task == "regression" else Predictive(probs=out)
 
 
@@ -103,7 +116,7 @@ def build_emtdamp() -> Method:
                                    ramp=hp.ramp, prune_inputs=hp.prune_inputs)
 
         def predict(state, x) -> Predictive:
-            return tdamp_predictive(state, x, task, hp.plug_in, hp.class_rule)
+            return tdamp_predictive(state, x, task, hp.plug_in, hp.class_rule, hp.output_model)
 
         return Algorithm(init=init, step=step, predict=predict, sparsity=prune.sparsity, end_epoch=end_epoch)
 

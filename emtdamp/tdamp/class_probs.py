@@ -20,6 +20,10 @@ scores ``z_i ~ N(P_i, VP_i)``. Two ways to turn that into ``p(c | x)``:
   the same closed form ``Phi((P_0 - P_1) / sqrt(v + VP_0 + VP_1))``.
 
 Both are pure functions of ``(P, VP, v)``; shapes ``(n, K)``.
+
+The softmax output model (``TdampHParams.output_model = "softmax"``) has one predictive, :func:`softmax_probs`:
+``p = softmax(kappa o P)``, ``kappa = 1/sqrt(1 + pi VP/8)``, the same mean-field approximation of
+``E[softmax(z)]`` its E-step uses (:func:`emtdamp.tdamp.module_a.softmax_output_and_log_lik`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,12 @@ def max_rule(P: jax.Array, VP: jax.Array, v: jax.Array, nodes: int = NODES) -> j
     return p / jnp.sum(p, axis=1, keepdims=True)
 
 
+def softmax_probs(P: jax.Array, VP: jax.Array) -> jax.Array:
+    """``(n, K)`` ``softmax(kappa o P)`` with ``kappa = 1/sqrt(1 + pi VP/8)``: the mean-field approximation of
+    ``E[softmax(z)]`` for independent ``z_i ~ N(P_i, VP_i)`` (the softmax output model's predictive)."""
+    return jax.nn.softmax(module_a.softmax_scale(VP) * P, axis=1)
+
+
 def class_probs(P: jax.Array, VP: jax.Array, v: jax.Array, rule: str = "product") -> jax.Array:
     """``(n, K)`` class probabilities by ``rule`` (one of :data:`CLASS_RULES`)."""
     if rule == "product":
@@ -85,4 +95,4 @@ def class_probs(P: jax.Array, VP: jax.Array, v: jax.Array, rule: str = "product"
     raise ValueError(f"class probability rule must be one of {CLASS_RULES}, got {rule!r}")
 
 
-__all__ = ["CLASS_RULES", "NODES", "class_probs", "max_rule", "product_rule"]
+__all__ = ["CLASS_RULES", "NODES", "class_probs", "max_rule", "product_rule", "softmax_probs"]

@@ -133,8 +133,8 @@ def new_v(state: TdampState, hparams: TdampHParams, zstats: ZStats | None = None
     v = state.v
     stat = state.v_stat if stat is None else stat
     count = state.v_count if count is None else count
-    if hparams.v_update == "fixed":
-        return v
+    if hparams.v_update == "fixed" or (hparams.task == "classification" and hparams.output_model == "softmax"):
+        return v   # the softmax output model has no noise variance
     if hparams.task == "regression":
         return v_regression(stat, count, v, hparams.v_floor)
     if hparams.v_update == "numerical" and zstats is not None:

@@ -132,6 +132,49 @@ def probit_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, v: jax.Array) -> j
     return jnp.sum(log_ndtr(mu / jnp.sqrt(v + s)) * mask, axis=1)
 
 
+def softmax_scale(VP: jax.Array) -> jax.Array:
+    """``kappa = 1 / sqrt(1 + pi VP / 8)``: the probit approximation's shrink factor of a Gaussian score.
+
+    MacKay (1992) for the logistic sigmoid, ``E[sigma(z)] ~ sigma(kappa(VP) P)`` for ``z ~ N(P, VP)``; applied per
+    class to the softmax (Lu, Ie & Sha 2020, "mean-field softmax"), ``E[softmax(z)] ~ softmax(kappa(VP) o P)``.
+    """
+    return jax.lax.rsqrt(1.0 + (jnp.pi / 8.0) * VP)
+
+
+def softmax_output_and_log_lik(P: jax.Array, VP: jax.Array, c: jax.Array, w: jax.Array
+                               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Softmax likelihood ``softmax(z)_c`` with the mean-field approximation of its Gaussian average.
+
+    With independent scores ``z_i ~ N(P_i, VP_i)`` the log partition is approximated by ``log Z = log
+    softmax(kappa o P)_c``, ``kappa = 1/sqrt(1 + pi VP/8)`` (:func:`softmax_scale`); the output messages are its
+    derivatives in ``P``, with ``p = softmax(kappa o P)``::
+
+        S_i = d log Z / dP_i = kappa_i (1[i = c] - p_i),   T_S,i = -d^2 log Z / dP_i^2 = kappa_i^2 p_i (1 - p_i)
+
+    (the diagonal of the Hessian, as the probit-product's messages). The model has no noise variance: the scale
+    of the scores is the network's own, so no v statistic is produced (``stat = count = 0``; the v M-step
+    leaves v alone).
+
+    Parameters
+    ----------
+    P, VP: ``(B, K)`` forward messages; c: ``(B,)`` int labels; w: ``(B,)`` row weights.
+
+    Returns
+    -------
+    S, TS: ``(B, K)`` (multiplied by ``w``); stat, count: zeros; log_lik: ``(B,)`` ``log softmax(kappa o P)_c``
+    (unweighted; the predictive log-score).
+    """
+    kap = softmax_scale(VP)
+    logp = jax.nn.log_softmax(kap * P, axis=1)
+    p = jnp.exp(logp)
+    onehot = jax.nn.one_hot(c, P.shape[1], dtype=P.dtype)
+    wc = w[:, None]
+    S = kap * (onehot - p)
+    TS = kap * kap * p * (1.0 - p)
+    zero = jnp.zeros((), P.dtype)
+    return S * wc, TS * wc, zero, zero, jnp.sum(logp * onehot, axis=1)
+
+
 def hidden_output(P: jax.Array, VP: jax.Array, R: jax.Array, VR: jax.Array, w: jax.Array, neg: tuple | None = None
                   ) -> tuple[jax.Array, jax.Array]:
     """``S, T_S`` of a hidden layer from its ReLU node posterior (spec 2.3 backward, l < L); ``neg``: the

@@ -25,6 +25,7 @@ V_UPDATES = ("closed_form", "numerical", "fixed")
 V_SCHEDULES = ("minibatch", "epoch")
 EVIDENCE_MODES = ("repeat", "once")
 INIT_MEANS = ("lecun", "prior")
+OUTPUT_MODELS = ("probit", "softmax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,10 @@ class TdampHParams:
 
     Attributes
     ----------
-    task: ``"regression"`` (Gaussian likelihood) or ``"classification"`` (probit-product).
+    task: ``"regression"`` (Gaussian likelihood) or ``"classification"`` (``output_model``).
+    output_model: classification likelihood: ``"probit"`` (the spec's probit product, with the noise variance
+        v learned by EM) or ``"softmax"`` (``softmax(z)_c`` under the mean-field approximation of its Gaussian
+        average, no v: :func:`emtdamp.tdamp.module_a.softmax_output_and_log_lik`). Ignored for regression.
     n_iter: ``I_A``, DAMP iterations per minibatch (spec section 2.5, default 1).
     beta: damping of the Module-A outputs ``(W_hat, V_W, b_hat, v_b)``; 1 = no damping.
     rho_mode: M-step for the support prior: ``"group"`` (rho_g = clip(pi_g)), ``"layer"`` (layer
@@ -80,6 +84,7 @@ class TdampHParams:
     """
 
     task: str = "regression"
+    output_model: str = "probit"
     n_iter: int = 1
     beta: float = 0.5
     rho_mode: str = "group"
@@ -106,7 +111,8 @@ class TdampHParams:
                                    ("v_update", self.v_update, V_UPDATES),
                                    ("v_schedule", self.v_schedule, V_SCHEDULES),
                                    ("evidence", self.evidence, EVIDENCE_MODES),
-                                   ("init_means", self.init_means, INIT_MEANS)):
+                                   ("init_means", self.init_means, INIT_MEANS),
+                                   ("output_model", self.output_model, OUTPUT_MODELS)):
             if val not in allowed:
                 raise ValueError(f"TdampHParams.{name}={val!r}; choose one of {allowed}")
         if self.n_iter < 1:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from emtdamp.tdamp import em, evidence, module_a, module_b
-from emtdamp.tdamp.class_probs import class_probs
+from emtdamp.tdamp.class_probs import class_probs, softmax_probs
 from emtdamp.tdamp.gaussian import bounds, clip_var, relu_moments, relu_negative_branch, relu_posterior
 from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, ZStats, initial_slab_var
 
@@ -23,6 +23,8 @@ def _output(hp: TdampHParams, P, VP, y, v, w):
     """``S, T_S, stat, count`` of the output layer and (classification) the ``(B,)`` predictive log-score."""
     if hp.task == "regression":
         return (*module_a.gaussian_output(P, VP, y, v, w), None)
+    if hp.output_model == "softmax":
+        return module_a.softmax_output_and_log_lik(P, VP, y, w)
     return module_a.probit_output_and_log_lik(P, VP, y, v, w)
 
 
@@ -96,7 +98,7 @@ def _damp_minibatch(state: TdampState, x: jax.Array, y: jax.Array, hparams: Tdam
                     w: jax.Array | None = None):
     """:func:`damp_minibatch` plus the last iteration's undamped bias posteriors and group evidence
     (list of ``(mean, var, Lambda)``) and (classification) its ``(B,)`` predictive log-score
-    (:func:`module_a.probit_log_lik` of the output messages, None for regression)."""
+    (the output model's log-score of the output messages, None for regression)."""
     dtype = state.v.dtype
     x = jnp.asarray(x, dtype)
     B = x.shape[0]
@@ -242,7 +244,7 @@ def step(state: TdampState, x_batch: jax.Array, y_batch: jax.Array, hparams: Tda
     if hparams.task == "regression":
         loss = jnp.sum(zs.w[:, None] * (zs.y - zs.P) ** 2) / (wsum * zs.P.shape[1])
     else:
-        loss = -jnp.sum(zs.w * log_lik) / wsum     # = module_a.probit_log_lik(zs.P, zs.VP, zs.y, state.v)
+        loss = -jnp.sum(zs.w * log_lik) / wsum     # probit: = module_a.probit_log_lik(zs.P, zs.VP, zs.y, state.v)
     return state, {"loss": loss, "v": state.v, "zstats": zs}
 
 
@@ -267,7 +269,7 @@ def forward_moments(state: TdampState, x: jax.Array, plug_in: bool = False) -> t
 
 
 def predict(state: TdampState, x: jax.Array, plug_in: bool = False, task: str | None = None,
-            class_rule: str = "product"):
+            class_rule: str = "product", output_model: str = "probit"):
     """Predictive distribution (spec 6).
 
     Parameters
@@ -278,7 +280,10 @@ def predict(state: TdampState, x: jax.Array, plug_in: bool = False, task: str | 
         else classification is *not* guessed -- pass it explicitly for K > 1 regression.
     class_rule: classification only, :mod:`emtdamp.tdamp.class_probs`: ``"product"`` (the spec's
         ``p(c) propto prod_{i != c} Phi((E z_c - E z_i)/sqrt(v + Var z_c + Var z_i))``) or ``"max"`` (the
-        probability that class ``c`` has the largest noisy score).
+        probability that class ``c`` has the largest noisy score); probit output model only.
+    output_model: the classification likelihood the state was trained with (``TdampHParams.output_model``):
+        ``"probit"`` (by ``class_rule``) or ``"softmax"`` (:func:`emtdamp.tdamp.class_probs.softmax_probs`,
+        ``softmax(kappa(Var z) o E z)``).
 
     Returns
     -------
@@ -290,6 +295,8 @@ def predict(state: TdampState, x: jax.Array, plug_in: bool = False, task: str | 
         task = "regression" if P.shape[1] == 1 else "classification"
     if task == "regression":
         return P, VP + state.v
+    if output_model == "softmax":
+        return softmax_probs(P, VP)
     return class_probs(P, VP, state.v, class_rule)
 
 
