@@ -55,6 +55,28 @@ def test_mnist5k_validation_images_are_training_images_stratified(tmp_path):
     assert np.all(np.abs(np.bincount(a["y_test"], minlength=10) - 1000 * share) <= 1.0)
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed (make fashion-data)")
+def test_fashion_mnist_validation_images_are_training_images_stratified(tmp_path):
+    """48,000 fit / 12,000 validation images: together the 60,000 training images (as a multiset of (image, label)
+    pairs, compared through their 0-255 pixel bytes), stratified by class."""
+    mod = _script()
+    d = load("fashion_mnist")
+    a = np.load(mod.validation_npz(0, tmp_path, "fashion_mnist"))
+    assert a["x_train"].shape == (48000, 784) and a["x_test"].shape == (12000, 784)
+
+    def keys(x, y):
+        px = np.rint(np.asarray(x, np.float64) * 255).astype(np.uint8)
+        return sorted(r.tobytes() + bytes([int(c)]) for r, c in zip(px, np.asarray(y).reshape(-1), strict=True))
+
+    assert keys(np.concatenate([a["x_train"], a["x_test"]]), np.concatenate([a["y_train"], a["y_test"]])) == \
+        keys(d.x_train, d.y_train)
+    share = np.bincount(np.asarray(d.y_train).reshape(-1), minlength=10) / 60000
+    assert np.all(np.abs(np.bincount(a["y_test"], minlength=10) - 12000 * share) <= 1.0)
+
+
 def test_one_variant_prints_its_validation_figures(capsys):
     mod = _script()
     assert mod.main([str(ROOT / "configs" / "boston.yaml"), "train.epochs=2", "--data-seeds", "0"]) == 0
