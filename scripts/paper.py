@@ -28,8 +28,9 @@ scales the configs' epoch-valued schedule settings (warm-up, ramp, fine-tuning, 
 ``curves_<dataset>.csv`` (``panel, method, epoch, mean, sd, n_seeds``), ``.md`` (values at the paper's rounds
 beside the paper's, epochs to adam's / FedAvg's final seed-mean, final mean ± sd) and ``.png``.
 
-``noise``: the paper's noise-variance study on mnist5k: EM-TDAMP with ``method.v_update`` closed_form,
-numerical and fixed; per-epoch test error and v (``noise_mnist5k.csv/.md/.png``).
+``noise``: the paper's noise-variance study on mnist5k: EM-TDAMP with the probit output model
+(``configs/paper/noise_mnist5k_emtdamp.yaml``) and ``method.v_update`` closed_form, numerical and fixed; per-epoch
+test error and v (``noise_mnist5k.csv/.md/.png``).
 
 JAX's persistent compilation cache (``--out``/jax_cache, ``--no-cache`` to switch off) lets the runs of
 different κ reuse one compiled program: κ is an array in every method's state.
@@ -716,6 +717,7 @@ def plot_curves(path: Path, dataset: str, figure: Figure, panels: dict, mean_cur
 # noise: the noise-variance study (closed-form vs numerical vs fixed v)
 
 NOISE_OPTIONS = ("closed_form", "numerical", "fixed")
+NOISE_CONFIG = CONFIG_DIR / "noise_mnist5k_emtdamp.yaml"
 NOISE_LABELS = {"closed_form": "closed form (proposed)", "numerical": "numerical", "fixed": "fixed v"}
 PAPER_NOISE = {  # spec section 7.2, MNIST, x = "iteration number"
     "v": {"closed_form": {1: 630, 2: 365, 3: 224, 5: 71, 10: 8, 15: 6, 20: 6, 30: 6},
@@ -738,7 +740,7 @@ def noise_study(args, argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figure = FIGURES["mnist5k"]
-    path = curve_config("mnist5k", "emtdamp")
+    path = NOISE_CONFIG   # the probit output model: the softmax model of the curves config has no v
     raw = cfgmod.read_yaml(path)
     t0 = time.perf_counter()
     data = None

@@ -133,6 +133,8 @@ def test_curves_and_noise_short_runs_write_csv_md_png(tmp_path):
                                                                for e in (1, 2)]
     fixed = [float(r["v_mean"]) for r in rows if r["v_update"] == "fixed"]
     assert fixed == [1.0, 1.0]                            # v_update=fixed keeps v0 = 1
+    closed = [float(r["v_mean"]) for r in rows if r["v_update"] == "closed_form"]
+    assert all(v != 1.0 for v in closed)                  # the closed-form M-step moves v (a model with a v)
     assert all(0 < float(r["error_mean"]) < 0.9 for r in rows)
     assert (out / "noise_mnist5k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
