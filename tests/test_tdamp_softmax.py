@@ -110,3 +110,7 @@ def test_softmax_output_leaves_v_alone_and_trains(x64):
 def test_unknown_output_model_is_refused():
     with pytest.raises(ValueError, match="output_model"):
         TdampHParams(task="classification", output_model="logit")
+    hp = TdampHParams(task="classification")
+    st = tdamp.init(jax.random.PRNGKey(0), (3, 4, 2), hp)
+    with pytest.raises(ValueError, match="output_model"):
+        tdamp.predict(st, jnp.ones((2, 3)), task="classification", output_model="logit")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from emtdamp.tdamp import em, evidence, module_a, module_b
 from emtdamp.tdamp.class_probs import class_probs, softmax_probs
 from emtdamp.tdamp.gaussian import bounds, clip_var, relu_moments, relu_negative_branch, relu_posterior
-from emtdamp.tdamp.state import LayerState, TdampHParams, TdampState, ZStats, initial_slab_var
+from emtdamp.tdamp.state import OUTPUT_MODELS, LayerState, TdampHParams, TdampState, ZStats, initial_slab_var
 
 
 def _output(hp: TdampHParams, P, VP, y, v, w):
@@ -297,6 +297,8 @@ def predict(state: TdampState, x: jax.Array, plug_in: bool = False, task: str | 
         return P, VP + state.v
     if output_model == "softmax":
         return softmax_probs(P, VP)
+    if output_model != "probit":
+        raise ValueError(f"output_model must be one of {OUTPUT_MODELS}, got {output_model!r}")
     return class_probs(P, VP, state.v, class_rule)
 
 
