@@ -41,8 +41,8 @@ from emtdamp.metrics import classification_metrics, regression_metrics
 from emtdamp.runs import run_config
 
 # Per dataset: validation rows (Boston: 20 % of the 455 training rows; mnist5k: 25 % of 4,000; Fashion-MNIST: 20 %
-# of 60,000), the npz task,
-# overrides applied before the variant, and how the three figures print (per split; their mean).
+# of 60,000), the npz task, overrides applied before the variant, and how the three figures print (per split;
+# their mean).
 DATASETS = {
     "boston": {"n_validation": 91, "task": "regression", "overrides": ["model.hidden=[50]"],
                "split_fmt": "{:.3f}/{:.3f}/{:.2f}", "mean_fmt": "{:.3f}"},

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from emtdamp import config as C
+from emtdamp.data.real import FASHION_MNIST_DIR
 from emtdamp.runs import run_config
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+FASHION = Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz"
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from emtdamp.data import DataError, dataset_names, load
 from emtdamp.data.partition import dirichlet, iid, shards
-from emtdamp.data.real import read_idx, split_indices
+from emtdamp.data.real import FASHION_MNIST_DIR, read_idx, split_indices
 
 
 def test_registry_lists_the_issue_datasets():
@@ -82,7 +82,7 @@ def test_missing_idx_file_names_the_file_and_the_fix(tmp_path):
         load("mnist_idx")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists(),
+@pytest.mark.skipif(not (Path(FASHION_MNIST_DIR) / "t10k-labels-idx1-ubyte.gz").exists(),
                     reason="Debian's dataset-fashion-mnist is not installed (make fashion-data)")
 def test_fashion_mnist_real_files():
     d = load("fashion_mnist")

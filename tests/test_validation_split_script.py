@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from emtdamp.data import load
+from emtdamp.data.real import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def test_mnist5k_validation_images_are_training_images_stratified(tmp_path):
     assert np.all(np.abs(np.bincount(a["y_test"], minlength=10) - 1000 * share) <= 1.0)
 
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+FASHION = Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz"
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed (make fashion-data)")
